@@ -1,0 +1,217 @@
+"""The batch transaction: the one place where events become chained records.
+
+Contract of `commit_batch` (the core promise of SPEC section 5):
+- It runs ONE database transaction for the whole polled batch and commits it; only after
+  it returns may the caller commit the offsets to Kafka.
+- It MUST lock the partitions' offset rows, then the tenants' heads, each in sorted order,
+  so concurrent instances cannot deadlock or fork a chain.
+- Messages below the stored offset were already committed (by us before a crash, or by
+  another instance) and are skipped. A redelivered audit_id with identical content is a
+  no-op, not an error; the same audit_id with different content is quarantined.
+- Every message ends in exactly one place: a chained record, a duplicate no-op, or a row
+  in `audit_rejected_events` with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from audit_service.chain import (
+    EVENT_FIELDS,
+    ChainHead,
+    advance,
+    chain_event,
+    format_timestamp,
+    genesis_record,
+)
+from audit_service.db import RecordRefused, translated_errors
+from audit_service.events import EventRejected, ValidationLimits, parse_event
+from audit_service.record_mapping import row_values
+from audit_service.store import ChainStore, Rejection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedMessage:
+    """A Kafka message as the pipeline needs it, independent of the client library."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+    @property
+    def kafka_timestamp(self) -> datetime | None:
+        if self.timestamp_ms is None or self.timestamp_ms < 0:
+            return None
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one committed batch did; `next_offsets` is what to commit to Kafka."""
+
+    chained: int = 0
+    genesis: int = 0
+    duplicates: int = 0
+    already_committed: int = 0
+    rejected: int = 0
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    tenants: set[str] = field(default_factory=set)
+
+
+def _event_fingerprint(event: dict[str, Any]) -> str:
+    """Canonical text of the producer-supplied fields, to tell a redelivery from a conflict."""
+    return json.dumps({f: event[f] for f in EVENT_FIELDS}, sort_keys=True, separators=(",", ":"))
+
+
+class _BatchChainer:
+    """Chains one batch's events inside an open transaction."""
+
+    def __init__(self, store: ChainStore, isolate_rows: bool, now: datetime):
+        self.store = store
+        self.isolate_rows = isolate_rows
+        self.now = now
+        self.rows: list[dict[str, Any]] = []
+        self.rejections: list[Rejection] = []
+        self.heads: dict[str, ChainHead] = {}
+        self.last_timestamps: dict[str, str] = {}
+        self.outcome = BatchOutcome()
+
+    def reject(self, message: ConsumedMessage, reason: str, tenant: str | None,
+               audit_id: str | None) -> None:
+        log.warning("event rejected", extra={"partition": message.partition,
+                    "offset": message.offset, "tenant_id": tenant, "audit_id": audit_id,
+                    "reason": reason})
+        self.rejections.append(Rejection(
+            message.topic, message.partition, message.offset, message.kafka_timestamp,
+            message.key, message.value, reason, tenant, audit_id,
+        ))
+        self.outcome.rejected += 1
+
+    def append(self, record: dict[str, Any], message: ConsumedMessage | None) -> str | None:
+        """Append a record (immediately in isolation mode); returns a refusal reason or None."""
+        row = row_values(
+            record,
+            message.topic if message else None,
+            message.partition if message else None,
+            message.offset if message else None,
+        )
+        if self.isolate_rows:
+            refusal = self.store.insert_record_isolated(row)
+            if refusal:
+                return f"PostgreSQL refused the record: {refusal}"
+        else:
+            self.rows.append(row)
+        tenant = record["tenant_id"]
+        self.heads[tenant] = advance(self.heads[tenant], record)
+        self.last_timestamps[tenant] = record["timestamp"]
+        self.outcome.tenants.add(tenant)
+        return None
+
+    def chain(self, message: ConsumedMessage, event: dict[str, Any]) -> bool:
+        """Chain one event (after its tenant's genesis when new); False if it was refused."""
+        tenant = event["tenant_id"]
+        if self.heads[tenant].is_empty:
+            refusal = self.append(genesis_record(tenant, self.now), None)
+            if refusal:
+                self.reject(message, f"cannot create genesis: {refusal}", tenant,
+                            event["audit_id"])
+                return False
+            self.outcome.genesis += 1
+        record = chain_event(self.heads[tenant], event, self.now)
+        refusal = self.append(record, message)
+        if refusal:
+            self.reject(message, refusal, tenant, event["audit_id"])
+            return False
+        self.outcome.chained += 1
+        return True
+
+    def run(self, messages: Sequence[ConsumedMessage], limits: ValidationLimits) -> None:
+        stored = self.store.lock_offsets([m.partition for m in messages])
+        fresh = [m for m in messages if m.offset >= stored.get(m.partition, 0)]
+        self.outcome.already_committed = len(messages) - len(fresh)
+        for message in messages:
+            current = self.outcome.next_offsets.get(message.partition, stored[message.partition])
+            self.outcome.next_offsets[message.partition] = max(current, message.offset + 1)
+
+        parsed: list[tuple[ConsumedMessage, dict[str, Any] | EventRejected]] = []
+        for message in fresh:
+            try:
+                parsed.append((message, parse_event(message.key, message.value, limits, self.now)))
+            except EventRejected as exc:
+                parsed.append((message, exc))
+        events = [(m, e) for m, e in parsed if isinstance(e, dict)]
+        self.heads = self.store.lock_heads(e["tenant_id"] for _, e in events)
+        known = {
+            key: _event_fingerprint(record)
+            for key, record in self.store.find_chained(
+                (e["tenant_id"], e["audit_id"]) for _, e in events
+            ).items()
+        }
+        for message, result in parsed:
+            if isinstance(result, EventRejected):
+                self.reject(message, result.reason, result.tenant_id, result.audit_id)
+                continue
+            key = (result["tenant_id"], result["audit_id"])
+            fingerprint = _event_fingerprint(result)
+            if key in known:
+                if known[key] == fingerprint:
+                    self.outcome.duplicates += 1
+                else:
+                    self.reject(message, f"audit_id {key[1]} is already chained for tenant "
+                                f"{key[0]!r} with different content", *key)
+                continue
+            if self.chain(message, result):
+                known[key] = fingerprint
+
+        self.store.insert_records(self.rows)
+        self.store.save_heads(
+            [(self.heads[t], self.last_timestamps[t]) for t in sorted(self.outcome.tenants)],
+            format_timestamp(self.now),
+        )
+        self.store.insert_rejections(self.rejections)
+        self.store.save_offsets(self.outcome.next_offsets)
+
+
+def commit_batch(
+    engine: Engine, messages: Sequence[ConsumedMessage], consumer_group: str,
+    limits: ValidationLimits, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BatchOutcome:
+    """Chain a polled batch in one committed transaction (see the module contract).
+
+    If PostgreSQL refuses the content of some row, the transaction is rolled back and the
+    batch is redone with every record in its own savepoint, so only the refused rows are
+    quarantined. Transient failures propagate as TransientError for the caller to retry.
+    """
+    if not messages:
+        return BatchOutcome()
+    topic = messages[0].topic
+    try:
+        return _run_transaction(engine, messages, consumer_group, topic, limits, clock, False)
+    except RecordRefused as exc:
+        log.warning("batch refused by PostgreSQL, retrying row by row", extra={"error": str(exc)})
+        return _run_transaction(engine, messages, consumer_group, topic, limits, clock, True)
+
+
+def _run_transaction(
+    engine: Engine, messages: Sequence[ConsumedMessage], consumer_group: str, topic: str,
+    limits: ValidationLimits, clock: Callable[[], datetime], isolate_rows: bool,
+) -> BatchOutcome:
+    with translated_errors("committing the batch"), Session(engine) as session, session.begin():
+        chainer = _BatchChainer(
+            ChainStore(session, consumer_group, topic), isolate_rows, clock()
+        )
+        chainer.run(messages, limits)
+    return chainer.outcome

@@ -1,0 +1,142 @@
+"""One frozen, validated configuration built from ini < environment < CLI flags.
+
+Every consumer of configuration (the daemon, the CLI commands, Alembic's env.py) calls
+`load_settings`, so there is exactly one source of truth and one set of names: the ini key
+`batch_size` in the `[audit]` section is the variable `AUDIT_BATCH_SIZE` and the field
+`Settings.batch_size`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from audit_service.errors import ConfigurationError
+
+INI_SECTION = "audit"
+ENV_PREFIX = "AUDIT_"
+CONFIG_PATH_ENV = "AUDIT_CONFIG"
+DEFAULT_CONFIG_FILE = "audit.ini"
+
+
+class Settings(BaseModel):
+    """Everything the service needs; validated before anything connects."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/audit"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic: str = Field("audit.events", min_length=1, max_length=249)
+    consumer_group: str = Field("aluskort.audit-service", min_length=1)
+    batch_size: int = Field(2000, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(500, ge=1, le=60_000)
+    max_event_bytes: int = Field(1_048_576, ge=1024)
+    max_clock_skew_s: int = Field(86_400, ge=0)
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(8040, ge=0, le=65_535)
+    liveness_timeout_s: float = Field(60.0, gt=0)
+    kafka_session_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
+    statement_timeout_ms: int = Field(60_000, ge=0)
+    retry_max_backoff_s: float = Field(30.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError("not a valid SQLAlchemy database URL") from exc
+        if url.get_backend_name() != "postgresql":
+            raise ValueError("only postgresql:// URLs are supported")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _valid_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @property
+    def redacted_database_url(self) -> str:
+        """The database URL with any password masked, safe for logs and output."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, (self.redacted_database_url if name == "database_url" else value)
+
+
+def setting_names() -> list[str]:
+    """All setting names, in declaration order (for docs and `--help`)."""
+    return list(Settings.model_fields)
+
+
+def _ini_values(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except configparser.Error as exc:
+        raise ConfigurationError(f"config file {path} is not valid ini: {exc}") from exc
+    if not parser.has_section(INI_SECTION):
+        return {}
+    values = dict(parser.items(INI_SECTION))
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigurationError(f"config file {path}: unknown key(s) in [audit]: {unknown}")
+    return values
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    values = {}
+    for name in Settings.model_fields:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ and environ[env_name] != "":
+            values[name] = environ[env_name]
+    return values
+
+
+def resolve_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """`--config` wins, then AUDIT_CONFIG, then ./audit.ini when it exists."""
+    chosen = explicit or environ.get(CONFIG_PATH_ENV)
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigurationError(f"config file not found: {path}")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(
+    config_path: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from ini < environment < `overrides` (CLI flags; None values ignored)."""
+    environ = os.environ if environ is None else environ
+    path = resolve_config_path(config_path, environ)
+    raw: dict[str, Any] = _ini_values(path) if path else {}
+    raw.update(_env_values(environ))
+    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "configuration"
+        source = f" (from {path})" if path else ""
+        raise ConfigurationError(f"invalid setting {field}{source}: {first['msg']}") from None

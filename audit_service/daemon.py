@@ -1,0 +1,210 @@
+"""The daemon: a poll loop you can read top to bottom.
+
+    stop requested? -> poll -> commit the batch to PostgreSQL -> commit offsets to Kafka
+    -> mark alive
+
+Transient failures (database restarting, deadlock, broker away) back off and retry the
+same batch; the loop never skips ahead. Anything unexpected propagates, is logged by the
+CLI, and the process exits non-zero so systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from types import FrameType
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from audit_service.batch import BatchOutcome, ConsumedMessage, commit_batch
+from audit_service.config import Settings
+from audit_service.consumer import AuditConsumer
+from audit_service.db import check_connection, create_db_engine
+from audit_service.errors import TransientError
+from audit_service.events import ValidationLimits
+from audit_service.health import HealthServer, LoopState
+from audit_service.migrations import ensure_schema_current
+from audit_service.reader import AuditReader
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_S = 0.5
+"""First retry delay after a transient failure; doubles up to Settings.retry_max_backoff_s."""
+SHUTDOWN_POLL_S = 0.2
+"""Granularity at which a sleeping retry notices a stop request."""
+
+
+@dataclass
+class RunLimits:
+    """Ways for tests and tooling to end the loop cleanly."""
+
+    max_batches: int | None = None
+    exit_when_idle: bool = False
+
+
+@dataclass
+class RunTotals:
+    batches: int = 0
+    chained: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+class StopSignal:
+    """SIGTERM/SIGINT set an event; a second signal exits at once (the DB rolls back)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.event.is_set():
+            os._exit(128 + signum)
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        self.event.set()
+
+
+class Daemon:
+    """Wires configuration, database, consumer and health server into the poll loop."""
+
+    def __init__(self, settings: Settings, stop: StopSignal | None = None):
+        self.settings = settings
+        self.stop = stop or StopSignal()
+        self.limits = ValidationLimits(
+            max_event_bytes=settings.max_event_bytes,
+            max_clock_skew=timedelta(seconds=settings.max_clock_skew_s),
+        )
+        self.engine: Engine = create_db_engine(
+            settings.database_url, statement_timeout_ms=settings.statement_timeout_ms
+        )
+        self.state = LoopState()
+        self.totals = RunTotals()
+
+    def _database_ok(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def _sleep(self, seconds: float, consumer: AuditConsumer) -> None:
+        """Wait for a retry while keeping the group membership alive (polls paused).
+
+        A rebalance during the wait can assign partitions that are not paused; anything
+        polled from them is rewound, never dropped, so no offset is skipped.
+        """
+        deadline = time.monotonic() + seconds
+        while not self.stop.event.is_set() and time.monotonic() < deadline:
+            try:
+                unexpected = consumer.poll(int(SHUTDOWN_POLL_S * 1000), max_records=1)
+            except TransientError:
+                time.sleep(SHUTDOWN_POLL_S)
+                continue
+            if unexpected:
+                consumer.rewind(unexpected)
+                consumer.pause()
+            self.state.mark_alive(consumer.assigned_partitions())
+
+    def _commit_with_retry(
+        self, consumer: AuditConsumer, batch: list[ConsumedMessage]
+    ) -> BatchOutcome | None:
+        """Commit the batch, retrying transient failures; None if stopped before success."""
+        backoff = BACKOFF_INITIAL_S
+        paused = False
+        try:
+            while True:
+                try:
+                    return commit_batch(
+                        self.engine, batch, self.settings.consumer_group, self.limits
+                    )
+                except TransientError as exc:
+                    log.warning("batch failed, will retry", extra={
+                        "error": str(exc), "retry_in_s": backoff, "messages": len(batch)})
+                if not paused:
+                    consumer.pause()
+                    paused = True
+                self._sleep(backoff, consumer)
+                if self.stop.event.is_set():
+                    log.info("stopping with an uncommitted batch; it will be redelivered")
+                    return None
+                backoff = min(backoff * 2, self.settings.retry_max_backoff_s)
+        finally:
+            if paused:
+                consumer.resume()
+
+    def _poll(self, consumer: AuditConsumer) -> list[ConsumedMessage]:
+        try:
+            return consumer.poll(self.settings.poll_timeout_ms, self.settings.batch_size)
+        except TransientError as exc:
+            log.warning("poll failed, will retry", extra={"error": str(exc)})
+            self.stop.event.wait(BACKOFF_INITIAL_S)
+            return []
+
+    def _record(self, outcome: BatchOutcome, batch: list[ConsumedMessage]) -> None:
+        self.totals.batches += 1
+        self.totals.chained += outcome.chained
+        self.totals.duplicates += outcome.duplicates
+        self.totals.rejected += outcome.rejected
+        log.info("batch committed", extra={
+            "messages": len(batch), "chained": outcome.chained, "genesis": outcome.genesis,
+            "duplicates": outcome.duplicates, "rejected": outcome.rejected,
+            "skipped_committed": outcome.already_committed, "tenants": len(outcome.tenants),
+            "offsets": outcome.next_offsets})
+
+    def run(self, limits: RunLimits | None = None) -> RunTotals:
+        """Run until stopped (signal, max_batches, or idle when asked); returns the totals."""
+        limits = limits or RunLimits()
+        check_connection(self.engine)
+        with self.engine.connect() as connection:
+            ensure_schema_current(connection)
+        reader = AuditReader(self.engine)
+        consumer = AuditConsumer(
+            self.settings,
+            lambda partitions: reader.stored_offsets(
+                self.settings.consumer_group, self.settings.kafka_topic, partitions
+            ),
+        )
+        health = None
+        if self.settings.health_port:
+            health = HealthServer(
+                self.settings.health_host, self.settings.health_port, self.state,
+                self.settings.liveness_timeout_s, self._database_ok,
+            )
+            health.start()
+        log.info("audit-service running", extra={
+            "topic": self.settings.kafka_topic, "group": self.settings.consumer_group,
+            "database": self.settings.redacted_database_url})
+        try:
+            while not self.stop.event.is_set():
+                batch = self._poll(consumer)
+                if batch:
+                    outcome = self._commit_with_retry(consumer, batch)
+                    if outcome is None:
+                        break
+                    consumer.commit(outcome.next_offsets)
+                    self._record(outcome, batch)
+                self.state.mark_alive(consumer.assigned_partitions())
+                if limits.max_batches is not None and self.totals.batches >= limits.max_batches:
+                    break
+                if limits.exit_when_idle and not batch and consumer.caught_up():
+                    break
+        finally:
+            consumer.close()
+            if health is not None:
+                health.stop()
+            self.engine.dispose()
+            log.info("audit-service stopped", extra={
+                "batches": self.totals.batches, "chained": self.totals.chained,
+                "duplicates": self.totals.duplicates, "rejected": self.totals.rejected})
+        return self.totals

@@ -1,0 +1,191 @@
+"""Turn one Kafka message (raw key and value bytes) into a validated event, or a reason.
+
+Pure: no I/O. Every way a message can be unacceptable ends in `EventRejected` with a
+human-readable reason; the caller quarantines the raw bytes with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from audit_service.chain import TimestampError, jsonb_stable, parse_timestamp
+from audit_service.event_schema import NESTED_SCHEMAS, WireEvent
+from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
+
+EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
+"""Events claiming to be older than this are from a broken clock, not from this platform."""
+
+MAX_NESTING_DEPTH: Final = 64
+"""Deeper JSON is rejected: no real audit event needs it and it endangers every consumer."""
+
+_MAX_REASON_ERRORS: Final = 3
+
+
+class EventRejected(ValueError):
+    """The message cannot be chained; `reason` says why in one line."""
+
+    def __init__(self, reason: str, tenant_id: str | None = None, audit_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.tenant_id = tenant_id
+        self.audit_id = audit_id
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationLimits:
+    """The configurable bounds a message must respect."""
+
+    max_event_bytes: int = 1_048_576
+    max_clock_skew: timedelta = timedelta(days=1)
+
+
+def _reject_constant(name: str) -> Any:
+    raise EventRejected(f"value contains {name}, which is not valid JSON")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise EventRejected(f"value has duplicate JSON key {duplicate[:64]!r}")
+    return obj
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise EventRejected(f"NUL character in {where}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventRejected(f"unpaired UTF-16 surrogate in {where}") from None
+
+
+def _check_tree(value: Any, where: str, depth: int = 0) -> None:
+    """Reject NULs, lone surrogates and excessive depth anywhere in a parsed JSON value."""
+    if depth > MAX_NESTING_DEPTH:
+        raise EventRejected(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels")
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, f"a key of {where}")
+            _check_tree(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_tree(item, where, depth + 1)
+
+
+def _decode_json(value: bytes) -> Any:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected(f"value is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+    except RecursionError:
+        raise EventRejected(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise EventRejected(f"value is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except ValueError as exc:
+        if isinstance(exc, EventRejected):
+            raise
+        raise EventRejected(f"value is not acceptable JSON: {exc}") from None
+
+
+def _describe_errors(prefix: str, exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:_MAX_REASON_ERRORS]:
+        location = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
+        parts.append(f"{location or 'event'}: {error['msg']}")
+    more = exc.error_count() - _MAX_REASON_ERRORS
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _validate_schema(document: dict[str, Any]) -> WireEvent:
+    tenant = document.get("tenant_id") if isinstance(document.get("tenant_id"), str) else None
+    audit_id = document.get("audit_id") if isinstance(document.get("audit_id"), str) else None
+    try:
+        wire = WireEvent.model_validate(document)
+    except ValidationError as exc:
+        raise EventRejected(
+            "schema violation: " + _describe_errors("", exc), tenant, audit_id
+        ) from None
+    for name, schema in NESTED_SCHEMAS.items():
+        try:
+            schema.validate_python(getattr(wire, name))
+        except ValidationError as exc:
+            raise EventRejected(
+                "schema violation: " + _describe_errors(name, exc), wire.tenant_id, wire.audit_id
+            ) from None
+    return wire
+
+
+def _check_semantics(wire: WireEvent, key: str | None) -> str:
+    """Cross-field rules; returns the event_category to record."""
+    def reject(reason: str) -> EventRejected:
+        return EventRejected(reason, wire.tenant_id, wire.audit_id)
+
+    if key is not None and key != wire.tenant_id:
+        raise reject(f"message key {key[:140]!r} does not match tenant_id {wire.tenant_id!r}")
+    if wire.event_type in RESERVED_EVENT_TYPES:
+        raise reject(f"event_type {wire.event_type!r} is reserved for the audit-service")
+    category = EVENT_CATEGORIES.get(wire.event_type)
+    if category is None:
+        raise reject(f"unknown event_type {wire.event_type[:128]!r}")
+    if wire.event_category is not None and wire.event_category != category:
+        raise reject(
+            f"event_category {wire.event_category[:64]!r} does not match "
+            f"{wire.event_type!r} (expected {category!r})"
+        )
+    return category
+
+
+def parse_event(
+    key: bytes | None, value: bytes | None, limits: ValidationLimits, now: datetime
+) -> dict[str, Any]:
+    """Validate one message; return the event's fields with defaults filled in.
+
+    The result has exactly `chain.EVENT_FIELDS`: timestamps rendered in the hashed form,
+    nested objects in their JSONB-stable form, audit_id in canonical UUID form.
+    Raises EventRejected with the reason for anything that must be quarantined.
+    """
+    if value is None:
+        raise EventRejected("message has no value (a tombstone)")
+    if len(value) > limits.max_event_bytes:
+        raise EventRejected(
+            f"value is {len(value)} bytes, above the limit of {limits.max_event_bytes}"
+        )
+    key_text = None
+    if key is not None:
+        try:
+            key_text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventRejected("message key is not valid UTF-8") from None
+    document = _decode_json(value)
+    if not isinstance(document, dict):
+        raise EventRejected(f"value is a JSON {type(document).__name__}, expected an object")
+    _check_tree(document, "event")
+    wire = _validate_schema(document)
+    category = _check_semantics(wire, key_text)
+    try:
+        moment = parse_timestamp(wire.timestamp)
+    except TimestampError as exc:
+        raise EventRejected(f"timestamp: {exc}", wire.tenant_id, wire.audit_id) from None
+    if moment < EARLIEST_EVENT_TIME or moment > now + limits.max_clock_skew:
+        raise EventRejected(
+            f"timestamp {wire.timestamp!r} is outside the accepted window "
+            f"({EARLIEST_EVENT_TIME:%Y-%m-%d} .. now + {limits.max_clock_skew})",
+            wire.tenant_id, wire.audit_id,
+        )
+    event = wire.model_dump()
+    event["event_category"] = category
+    event["timestamp"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for name in NESTED_SCHEMAS:
+        event[name] = jsonb_stable(event[name])
+    return event

@@ -1,0 +1,180 @@
+"""SQLAlchemy 2.0 typed ORM models: the single description of the schema.
+
+Alembic migrations create exactly this (a test runs autogenerate against a migrated
+database and expects no difference). Append-only triggers live in the migration, since
+SQLAlchemy metadata does not model triggers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+HEX_SHA256 = "'^[0-9a-f]{64}$'"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class AuditRecord(Base):
+    """One chained audit record. Append-only: triggers reject UPDATE, DELETE and TRUNCATE.
+
+    The Kafka coordinates are operational metadata: stored for tracing, never hashed.
+    """
+
+    __tablename__ = "audit_records"
+
+    tenant_id: Mapped[str] = mapped_column(Text)
+    sequence_number: Mapped[int] = mapped_column(BigInteger)
+    audit_id: Mapped[str] = mapped_column(UUID(as_uuid=False))
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    event_type: Mapped[str] = mapped_column(Text)
+    event_category: Mapped[str] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(Text)
+    actor_type: Mapped[str] = mapped_column(Text)
+    actor_id: Mapped[str] = mapped_column(Text)
+    actor_permissions: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    investigation_id: Mapped[str] = mapped_column(Text)
+    alert_id: Mapped[str] = mapped_column(Text)
+    entity_ids: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    context: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    decision: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    source_service: Mapped[str] = mapped_column(Text)
+    record_version: Mapped[str] = mapped_column(Text)
+    previous_hash: Mapped[str] = mapped_column(Text)
+    record_hash: Mapped[str] = mapped_column(Text)
+    kafka_topic: Mapped[str | None] = mapped_column(Text, comment="metadata, not hashed")
+    kafka_partition: Mapped[int | None] = mapped_column(Integer, comment="metadata, not hashed")
+    kafka_offset: Mapped[int | None] = mapped_column(BigInteger, comment="metadata, not hashed")
+
+    __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "sequence_number"),
+        UniqueConstraint("tenant_id", "audit_id"),
+        CheckConstraint("sequence_number >= 0", name="sequence_non_negative"),
+        CheckConstraint(f"previous_hash ~ {HEX_SHA256}", name="previous_hash_hex"),
+        CheckConstraint(f"record_hash ~ {HEX_SHA256}", name="record_hash_hex"),
+        CheckConstraint("severity IN ('info', 'warning', 'critical')", name="severity_known"),
+        CheckConstraint(
+            "actor_type IN ('agent', 'human', 'system', 'scheduler')", name="actor_type_known"
+        ),
+        Index("ix_audit_records_tenant_timestamp", "tenant_id", "timestamp"),
+        Index("ix_audit_records_investigation_id", "investigation_id",
+              postgresql_where=text("investigation_id <> ''")),
+        Index("ix_audit_records_alert_id", "alert_id", postgresql_where=text("alert_id <> ''")),
+        Index("ix_audit_records_event_type", "event_type"),
+        Index("ix_audit_records_actor_id", "actor_id"),
+        Index("ix_audit_records_severity_elevated", "tenant_id", "severity", "timestamp",
+              postgresql_where=text("severity IN ('warning', 'critical')")),
+        {"comment": "Per-tenant SHA-256 hash chain of audit events; append-only."},
+    )
+
+
+class AuditChainState(Base):
+    """Each tenant's chain head; its row is locked FOR UPDATE while the tenant is chained."""
+
+    __tablename__ = "audit_chain_state"
+
+    tenant_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(Text)
+    last_timestamp: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(f"last_hash ~ {HEX_SHA256}", name="last_hash_hex"),
+        CheckConstraint("last_sequence >= -1", name="last_sequence_valid"),
+        {"comment": "Chain head per tenant: last sequence and hash."},
+    )
+
+
+class AuditConsumerOffset(Base):
+    """Next offset to consume per partition, committed with the records it covers.
+
+    The database, not Kafka, is the source of truth for what was consumed: the Kafka
+    commit happens after the database commit and may be lost without harm.
+    """
+
+    __tablename__ = "audit_consumer_offsets"
+
+    consumer_group: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(Text)
+    partition: Mapped[int] = mapped_column(Integer)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        PrimaryKeyConstraint("consumer_group", "topic", "partition"),
+        CheckConstraint("next_offset >= 0", name="next_offset_non_negative"),
+    )
+
+
+class AuditRejectedEvent(Base):
+    """A message that could not be chained, kept byte for byte with the reason. Append-only."""
+
+    __tablename__ = "audit_rejected_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    consumer_group: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(Text)
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    kafka_timestamp: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    raw_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    raw_value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(Text)
+    tenant_id: Mapped[str | None] = mapped_column(Text, comment="best effort, from the payload")
+    audit_id: Mapped[str | None] = mapped_column(Text, comment="best effort, from the payload")
+    rejected_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        Index("ix_audit_rejected_events_coordinates", "topic", "partition", "offset"),
+        Index("ix_audit_rejected_events_rejected_at", "rejected_at"),
+    )
+
+
+class AuditVerificationLog(Base):
+    """One row per verification run of one tenant."""
+
+    __tablename__ = "audit_verification_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    from_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    to_sequence: Mapped[int | None] = mapped_column(BigInteger)
+    records_checked: Mapped[int] = mapped_column(BigInteger)
+    valid: Mapped[bool] = mapped_column(Boolean)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_audit_verification_log_tenant_started", "tenant_id", "started_at"),)

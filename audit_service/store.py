@@ -1,0 +1,191 @@
+"""The write path's database operations: every query the daemon runs is a named method.
+
+All methods run inside the caller's transaction (one per batch, see `batch.process_batch`);
+none of them commits. Lock order is fixed to avoid deadlocks between instances:
+partition offset rows first (sorted by partition), then tenant heads (sorted by tenant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from audit_service.chain import ChainHead
+from audit_service.db import RecordRefused, translated_errors
+from audit_service.models import (
+    AuditChainState,
+    AuditConsumerOffset,
+    AuditRecord,
+    AuditRejectedEvent,
+)
+from audit_service.record_mapping import record_from_row
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message quarantined with its raw bytes, coordinates and reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp: datetime | None
+    raw_key: bytes | None
+    raw_value: bytes | None
+    reason: str
+    tenant_id: str | None
+    audit_id: str | None
+
+
+class ChainStore:
+    """Named operations on one SQLAlchemy session (one batch transaction)."""
+
+    def __init__(self, session: Session, consumer_group: str, topic: str):
+        self.session = session
+        self.consumer_group = consumer_group
+        self.topic = topic
+
+    def lock_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Lock the partitions' offset rows (creating them) and return their next offsets.
+
+        Holding these locks serialises two instances that briefly own the same partition:
+        the second sees the first's committed offset and skips what was already processed.
+        """
+        ordered = sorted(set(partitions))
+        with translated_errors("locking consumer offsets"):
+            self.session.execute(
+                pg_insert(AuditConsumerOffset)
+                .values([
+                    {"consumer_group": self.consumer_group, "topic": self.topic,
+                     "partition": partition, "next_offset": 0}
+                    for partition in ordered
+                ])
+                .on_conflict_do_nothing()
+            )
+            rows = self.session.execute(
+                select(AuditConsumerOffset.partition, AuditConsumerOffset.next_offset)
+                .where(
+                    AuditConsumerOffset.consumer_group == self.consumer_group,
+                    AuditConsumerOffset.topic == self.topic,
+                    AuditConsumerOffset.partition.in_(ordered),
+                )
+                .order_by(AuditConsumerOffset.partition)
+                .with_for_update()
+            ).all()
+        return {partition: next_offset for partition, next_offset in rows}
+
+    def lock_heads(self, tenant_ids: Iterable[str]) -> dict[str, ChainHead]:
+        """Lock each tenant's head row in sorted order, creating empty heads for new tenants.
+
+        An empty head (last_sequence -1) never survives a commit: the batch that creates it
+        also appends the tenant's genesis record and advances the head. A concurrent
+        instance inserting the same new tenant waits on the unique key, then sees our row.
+        """
+        ordered = sorted(set(tenant_ids))
+        if not ordered:
+            return {}
+        with translated_errors("locking chain heads"):
+            self.session.execute(
+                pg_insert(AuditChainState)
+                .values([
+                    {"tenant_id": tenant, "last_sequence": -1,
+                     "last_hash": ChainHead.empty(tenant).last_hash}
+                    for tenant in ordered
+                ])
+                .on_conflict_do_nothing()
+            )
+            rows = self.session.execute(
+                select(
+                    AuditChainState.tenant_id,
+                    AuditChainState.last_sequence,
+                    AuditChainState.last_hash,
+                )
+                .where(AuditChainState.tenant_id.in_(ordered))
+                .order_by(AuditChainState.tenant_id)
+                .with_for_update()
+            ).all()
+        return {tenant: ChainHead(tenant, sequence, last) for tenant, sequence, last in rows}
+
+    def find_chained(
+        self, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Records already chained for these (tenant_id, audit_id) pairs, as hashed dicts."""
+        wanted = list(set(keys))
+        if not wanted:
+            return {}
+        with translated_errors("looking up already chained audit_ids"):
+            rows = self.session.scalars(
+                select(AuditRecord).where(
+                    tuple_(AuditRecord.tenant_id, AuditRecord.audit_id).in_(wanted)
+                )
+            ).all()
+        return {(row.tenant_id, row.audit_id): record_from_row(row) for row in rows}
+
+    def insert_records(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append records (column values from `record_mapping.row_values`)."""
+        if rows:
+            with translated_errors("inserting audit records"):
+                self.session.execute(insert(AuditRecord), rows)
+
+    def insert_record_isolated(self, row: dict[str, Any]) -> str | None:
+        """Insert one record in a savepoint; return PostgreSQL's refusal, or None on success.
+
+        Used only after a batch insert failed on row content, so one bad row is
+        quarantined instead of blocking its whole batch forever.
+        """
+        savepoint = self.session.begin_nested()
+        try:
+            with translated_errors("inserting audit record"):
+                self.session.execute(insert(AuditRecord), [row])
+        except RecordRefused as exc:
+            savepoint.rollback()
+            return str(exc)
+        savepoint.commit()
+        return None
+
+    def save_heads(self, heads: Sequence[tuple[ChainHead, str]], updated_at: str) -> None:
+        """Advance heads to (last sequence, last hash), with the last record's timestamp."""
+        if heads:
+            with translated_errors("updating chain heads"):
+                self.session.execute(
+                    update(AuditChainState),
+                    [
+                        {"tenant_id": head.tenant_id, "last_sequence": head.last_sequence,
+                         "last_hash": head.last_hash, "last_timestamp": last_timestamp,
+                         "updated_at": updated_at}
+                        for head, last_timestamp in heads
+                    ],
+                )
+
+    def insert_rejections(self, rejections: Sequence[Rejection]) -> None:
+        if rejections:
+            with translated_errors("quarantining rejected events"):
+                self.session.execute(
+                    insert(AuditRejectedEvent),
+                    [
+                        {"consumer_group": self.consumer_group, "topic": r.topic,
+                         "partition": r.partition, "offset": r.offset,
+                         "kafka_timestamp": r.kafka_timestamp, "raw_key": r.raw_key,
+                         "raw_value": r.raw_value, "reason": r.reason,
+                         "tenant_id": r.tenant_id, "audit_id": r.audit_id}
+                        for r in rejections
+                    ],
+                )
+
+    def save_offsets(self, next_offsets: dict[int, int]) -> None:
+        """Record the next offset to consume per partition (rows already locked)."""
+        if next_offsets:
+            with translated_errors("saving consumer offsets"):
+                self.session.execute(
+                    update(AuditConsumerOffset),
+                    [
+                        {"consumer_group": self.consumer_group, "topic": self.topic,
+                         "partition": partition, "next_offset": offset}
+                        for partition, offset in sorted(next_offsets.items())
+                    ],
+                )

@@ -193,10 +193,10 @@ def dev(ctx: Context, state_dir: Path, tenants: int, rate: float, health_port: i
 def produce(ctx: Context, bootstrap_servers: str | None, topic: str | None, tenants: int,
             count: int, seed: int) -> None:
     """Dev only: publish realistic sample events in the wire format."""
-    from audit_service.samples import produce_events, sample_events
+    from audit_service.samples import produce_events, sample_events, tenant_names
 
     settings = ctx.settings(kafka_bootstrap_servers=bootstrap_servers, kafka_topic=topic)
-    names = [f"tenant-{index}" for index in range(tenants)]
+    names = tenant_names(tenants)
     sent = produce_events(settings.kafka_bootstrap_servers, settings.kafka_topic,
                           sample_events(names, count, seed=seed))
     click.echo(f"produced {sent} events for {tenants} tenants to {settings.kafka_topic}")

@@ -26,7 +26,7 @@ from audit_service.batch import BatchOutcome, ConsumedMessage, commit_batch
 from audit_service.config import Settings
 from audit_service.consumer import AuditConsumer
 from audit_service.db import check_connection, create_db_engine
-from audit_service.errors import TransientError
+from audit_service.errors import ConfigurationError, TransientError
 from audit_service.events import ValidationLimits
 from audit_service.health import HealthServer, LoopState
 from audit_service.migrations import ensure_schema_current
@@ -162,43 +162,61 @@ class Daemon:
             "skipped_committed": outcome.already_committed, "tenants": len(outcome.tenants),
             "offsets": outcome.next_offsets})
 
+    def _start_health_server(self) -> HealthServer | None:
+        host, port = self.settings.health_host, self.settings.health_port
+        if not port:
+            return None
+        try:
+            health = HealthServer(
+                host, port, self.state, self.settings.liveness_timeout_s, self._database_ok
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve /health on {host}:{port}: {exc.strerror or exc}"
+            ) from exc
+        health.start()
+        return health
+
+    def _loop(self, consumer: AuditConsumer, limits: RunLimits) -> None:
+        """Poll -> commit to PostgreSQL -> commit to Kafka -> mark alive, until stopped."""
+        while not self.stop.event.is_set():
+            batch = self._poll(consumer)
+            if batch:
+                outcome = self._commit_with_retry(consumer, batch)
+                if outcome is None:
+                    return
+                consumer.commit(outcome.next_offsets)
+                self._record(outcome, batch)
+            self.state.mark_alive(consumer.assigned_partitions())
+            if limits.max_batches is not None and self.totals.batches >= limits.max_batches:
+                return
+            if limits.exit_when_idle and not batch and consumer.caught_up():
+                return
+
     def run(self, limits: RunLimits | None = None) -> RunTotals:
         """Run until stopped (signal, max_batches, or idle when asked); returns the totals."""
         limits = limits or RunLimits()
         check_connection(self.engine)
         with self.engine.connect() as connection:
             ensure_schema_current(connection)
+        health = self._start_health_server()
         reader = AuditReader(self.engine)
-        consumer = AuditConsumer(
-            self.settings,
-            lambda partitions: reader.stored_offsets(
-                self.settings.consumer_group, self.settings.kafka_topic, partitions
-            ),
-        )
-        health = None
-        if self.settings.health_port:
-            health = HealthServer(
-                self.settings.health_host, self.settings.health_port, self.state,
-                self.settings.liveness_timeout_s, self._database_ok,
+        try:
+            consumer = AuditConsumer(
+                self.settings,
+                lambda partitions: reader.stored_offsets(
+                    self.settings.consumer_group, self.settings.kafka_topic, partitions
+                ),
             )
-            health.start()
+        except BaseException:
+            if health is not None:
+                health.stop()
+            raise
         log.info("audit-service running", extra={
             "topic": self.settings.kafka_topic, "group": self.settings.consumer_group,
             "database": self.settings.redacted_database_url})
         try:
-            while not self.stop.event.is_set():
-                batch = self._poll(consumer)
-                if batch:
-                    outcome = self._commit_with_retry(consumer, batch)
-                    if outcome is None:
-                        break
-                    consumer.commit(outcome.next_offsets)
-                    self._record(outcome, batch)
-                self.state.mark_alive(consumer.assigned_partitions())
-                if limits.max_batches is not None and self.totals.batches >= limits.max_batches:
-                    break
-                if limits.exit_when_idle and not batch and consumer.caught_up():
-                    break
+            self._loop(consumer, limits)
         finally:
             consumer.close()
             if health is not None:

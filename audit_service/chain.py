@@ -47,7 +47,7 @@ class TimestampError(ValueError):
 
 def parse_timestamp(text: str) -> datetime:
     """Parse an RFC 3339 timestamp into an aware UTC datetime, truncated to microseconds."""
-    match = _RFC3339.match(text)
+    match = _RFC3339.fullmatch(text)
     if not match:
         raise TimestampError(f"not an RFC 3339 timestamp with a zone offset: {text[:64]!r}")
     date, clock, fraction, zone = match.groups()
@@ -64,7 +64,7 @@ def format_timestamp(moment: datetime) -> str:
     """Render as `YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC: the only form that is ever hashed."""
     if moment.tzinfo is None:
         raise TimestampError("naive datetimes are never hashed")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def jsonb_stable(value: Any) -> Any:
@@ -184,7 +184,12 @@ class ChainBreak:
     """1-based index of the offending record in the input (a line number for an export)."""
 
     def describe(self) -> str:
-        where = f"sequence {self.sequence_number}" if self.sequence_number is not None else "head"
+        if self.kind == BREAK_HEAD:
+            where = "head"
+        elif self.sequence_number is not None:
+            where = f"sequence {self.sequence_number}"
+        else:
+            where = "record without a sequence number"
         return (
             f"tenant {self.tenant_id!r} {where} (record #{self.position}): {self.kind}: "
             f"expected {self.expected}, found {self.found}"

@@ -71,7 +71,10 @@ class Settings(BaseModel):
     @property
     def redacted_database_url(self) -> str:
         """The database URL with any password masked, safe for logs and output."""
-        return make_url(self.database_url).render_as_string(hide_password=True)
+        url = make_url(self.database_url)
+        if "password" in url.query:
+            url = url.update_query_dict({"password": "***"})
+        return url.render_as_string(hide_password=True)
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

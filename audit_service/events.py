@@ -7,13 +7,14 @@ human-readable reason; the caller quarantines the raw bytes with that reason.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from pydantic import ValidationError
 
-from audit_service.chain import TimestampError, jsonb_stable, parse_timestamp
+from audit_service.chain import TimestampError, format_timestamp, jsonb_stable, parse_timestamp
 from audit_service.event_schema import NESTED_SCHEMAS, WireEvent
 from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
@@ -70,6 +71,8 @@ def _check_tree(value: Any, where: str, depth: int = 0) -> None:
     """Reject NULs, lone surrogates and excessive depth anywhere in a parsed JSON value."""
     if depth > MAX_NESTING_DEPTH:
         raise EventRejected(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventRejected(f"number out of range in {where} (only finite numbers are JSON)")
     if isinstance(value, str):
         _check_text(value, where)
     elif isinstance(value, dict):
@@ -185,7 +188,7 @@ def parse_event(
         )
     event = wire.model_dump()
     event["event_category"] = category
-    event["timestamp"] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    event["timestamp"] = format_timestamp(moment)
     for name in NESTED_SCHEMAS:
         event[name] = jsonb_stable(event[name])
     return event

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,11 @@ from audit_service.record_mapping import row_values
 from audit_service.store import ChainStore, Rejection
 
 log = logging.getLogger(__name__)
+
+REJECTED_CONFLICT = "conflict"
+"""Rejection kind: an audit_id already chained for the tenant with different content."""
+REJECTED_REFUSED = "refused"
+"""Rejection kind: PostgreSQL refused the record's content."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +73,11 @@ class BatchOutcome:
     duplicates: int = 0
     already_committed: int = 0
     rejected: int = 0
+    rejected_by_kind: Counter[str] = field(default_factory=Counter)
     next_offsets: dict[int, int] = field(default_factory=dict)
     tenants: set[str] = field(default_factory=set)
+    event_timestamps: list[str] = field(default_factory=list)
+    """Rendered timestamps of the chained events (for end-to-end latency metrics)."""
 
 
 def _event_fingerprint(event: dict[str, Any]) -> str:
@@ -89,16 +98,17 @@ class _BatchChainer:
         self.last_timestamps: dict[str, str] = {}
         self.outcome = BatchOutcome()
 
-    def reject(self, message: ConsumedMessage, reason: str, tenant: str | None,
+    def reject(self, message: ConsumedMessage, reason: str, kind: str, tenant: str | None,
                audit_id: str | None) -> None:
         log.warning("event rejected", extra={"partition": message.partition,
                     "offset": message.offset, "tenant_id": tenant, "audit_id": audit_id,
-                    "reason": reason})
+                    "kind": kind, "reason": reason})
         self.rejections.append(Rejection(
             message.topic, message.partition, message.offset, message.kafka_timestamp,
             message.key, message.value, reason, tenant, audit_id,
         ))
         self.outcome.rejected += 1
+        self.outcome.rejected_by_kind[kind] += 1
 
     def append(self, record: dict[str, Any], message: ConsumedMessage | None) -> str | None:
         """Append a record (immediately in isolation mode); returns a refusal reason or None."""
@@ -126,16 +136,17 @@ class _BatchChainer:
         if self.heads[tenant].is_empty:
             refusal = self.append(genesis_record(tenant, self.now), None)
             if refusal:
-                self.reject(message, f"cannot create genesis: {refusal}", tenant,
-                            event["audit_id"])
+                self.reject(message, f"cannot create genesis: {refusal}", REJECTED_REFUSED,
+                            tenant, event["audit_id"])
                 return False
             self.outcome.genesis += 1
         record = chain_event(self.heads[tenant], event, self.now)
         refusal = self.append(record, message)
         if refusal:
-            self.reject(message, refusal, tenant, event["audit_id"])
+            self.reject(message, refusal, REJECTED_REFUSED, tenant, event["audit_id"])
             return False
         self.outcome.chained += 1
+        self.outcome.event_timestamps.append(record["timestamp"])
         return True
 
     def run(self, messages: Sequence[ConsumedMessage], limits: ValidationLimits) -> None:
@@ -162,7 +173,8 @@ class _BatchChainer:
         }
         for message, result in parsed:
             if isinstance(result, EventRejected):
-                self.reject(message, result.reason, result.tenant_id, result.audit_id)
+                self.reject(message, result.reason, result.kind, result.tenant_id,
+                            result.audit_id)
                 continue
             key = (result["tenant_id"], result["audit_id"])
             fingerprint = _event_fingerprint(result)
@@ -171,7 +183,7 @@ class _BatchChainer:
                     self.outcome.duplicates += 1
                 else:
                     self.reject(message, f"audit_id {key[1]} is already chained for tenant "
-                                f"{key[0]!r} with different content", *key)
+                                f"{key[0]!r} with different content", REJECTED_CONFLICT, *key)
                 continue
             if self.chain(message, result):
                 known[key] = fingerprint

@@ -26,13 +26,23 @@ MAX_NESTING_DEPTH: Final = 64
 
 _MAX_REASON_ERRORS: Final = 3
 
+REJECTION_KINDS: Final = (
+    "tombstone", "oversized", "encoding", "json", "not_object", "nul", "schema",
+    "key_mismatch", "reserved_type", "taxonomy", "timestamp",
+)
+
 
 class EventRejected(ValueError):
-    """The message cannot be chained; `reason` says why in one line."""
+    """The message cannot be chained; `reason` says why in one line, `kind` classifies it
+    (one of REJECTION_KINDS, a bounded set suitable for metrics labels)."""
 
-    def __init__(self, reason: str, tenant_id: str | None = None, audit_id: str | None = None):
+    def __init__(
+        self, reason: str, tenant_id: str | None = None, audit_id: str | None = None, *,
+        kind: str,
+    ):
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
         self.tenant_id = tenant_id
         self.audit_id = audit_id
 
@@ -46,7 +56,7 @@ class ValidationLimits:
 
 
 def _reject_constant(name: str) -> Any:
-    raise EventRejected(f"value contains {name}, which is not valid JSON")
+    raise EventRejected(f"value contains {name}, which is not valid JSON", kind="json")
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -54,25 +64,27 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(obj) != len(pairs):
         seen: set[str] = set()
         duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise EventRejected(f"value has duplicate JSON key {duplicate[:64]!r}")
+        raise EventRejected(f"value has duplicate JSON key {duplicate[:64]!r}", kind="json")
     return obj
 
 
 def _check_text(text: str, where: str) -> None:
     if "\x00" in text:
-        raise EventRejected(f"NUL character in {where}")
+        raise EventRejected(f"NUL character in {where}", kind="nul")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise EventRejected(f"unpaired UTF-16 surrogate in {where}") from None
+        raise EventRejected(f"unpaired UTF-16 surrogate in {where}", kind="encoding") from None
 
 
 def _check_tree(value: Any, where: str, depth: int = 0) -> None:
     """Reject NULs, lone surrogates and excessive depth anywhere in a parsed JSON value."""
     if depth > MAX_NESTING_DEPTH:
-        raise EventRejected(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels")
+        raise EventRejected(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels", kind="json")
     if isinstance(value, float) and not math.isfinite(value):
-        raise EventRejected(f"number out of range in {where} (only finite numbers are JSON)")
+        raise EventRejected(
+            f"number out of range in {where} (only finite numbers are JSON)", kind="json"
+        )
     if isinstance(value, str):
         _check_text(value, where)
     elif isinstance(value, dict):
@@ -88,17 +100,23 @@ def _decode_json(value: bytes) -> Any:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EventRejected(f"value is not valid UTF-8 (byte {exc.start})") from None
+        raise EventRejected(
+            f"value is not valid UTF-8 (byte {exc.start})", kind="encoding"
+        ) from None
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
     except RecursionError:
-        raise EventRejected(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels") from None
+        raise EventRejected(
+            f"JSON nested deeper than {MAX_NESTING_DEPTH} levels", kind="json"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise EventRejected(f"value is not valid JSON: {exc.msg} at char {exc.pos}") from None
+        raise EventRejected(
+            f"value is not valid JSON: {exc.msg} at char {exc.pos}", kind="json"
+        ) from None
     except ValueError as exc:
         if isinstance(exc, EventRejected):
             raise
-        raise EventRejected(f"value is not acceptable JSON: {exc}") from None
+        raise EventRejected(f"value is not acceptable JSON: {exc}", kind="json") from None
 
 
 def _describe_errors(prefix: str, exc: ValidationError) -> str:
@@ -117,34 +135,41 @@ def _validate_schema(document: dict[str, Any]) -> WireEvent:
         wire = WireEvent.model_validate(document)
     except ValidationError as exc:
         raise EventRejected(
-            "schema violation: " + _describe_errors("", exc), tenant, audit_id
+            "schema violation: " + _describe_errors("", exc), tenant, audit_id, kind="schema"
         ) from None
     for name, schema in NESTED_SCHEMAS.items():
         try:
             schema.validate_python(getattr(wire, name))
         except ValidationError as exc:
             raise EventRejected(
-                "schema violation: " + _describe_errors(name, exc), wire.tenant_id, wire.audit_id
+                "schema violation: " + _describe_errors(name, exc), wire.tenant_id,
+                wire.audit_id, kind="schema",
             ) from None
     return wire
 
 
 def _check_semantics(wire: WireEvent, key: str | None) -> str:
     """Cross-field rules; returns the event_category to record."""
-    def reject(reason: str) -> EventRejected:
-        return EventRejected(reason, wire.tenant_id, wire.audit_id)
+    def reject(reason: str, kind: str) -> EventRejected:
+        return EventRejected(reason, wire.tenant_id, wire.audit_id, kind=kind)
 
     if key is not None and key != wire.tenant_id:
-        raise reject(f"message key {key[:140]!r} does not match tenant_id {wire.tenant_id!r}")
+        raise reject(
+            f"message key {key[:140]!r} does not match tenant_id {wire.tenant_id!r}",
+            "key_mismatch",
+        )
     if wire.event_type in RESERVED_EVENT_TYPES:
-        raise reject(f"event_type {wire.event_type!r} is reserved for the audit-service")
+        raise reject(
+            f"event_type {wire.event_type!r} is reserved for the audit-service", "reserved_type"
+        )
     category = EVENT_CATEGORIES.get(wire.event_type)
     if category is None:
-        raise reject(f"unknown event_type {wire.event_type[:128]!r}")
+        raise reject(f"unknown event_type {wire.event_type[:128]!r}", "taxonomy")
     if wire.event_category is not None and wire.event_category != category:
         raise reject(
             f"event_category {wire.event_category[:64]!r} does not match "
-            f"{wire.event_type!r} (expected {category!r})"
+            f"{wire.event_type!r} (expected {category!r})",
+            "taxonomy",
         )
     return category
 
@@ -159,32 +184,37 @@ def parse_event(
     Raises EventRejected with the reason for anything that must be quarantined.
     """
     if value is None:
-        raise EventRejected("message has no value (a tombstone)")
+        raise EventRejected("message has no value (a tombstone)", kind="tombstone")
     if len(value) > limits.max_event_bytes:
         raise EventRejected(
-            f"value is {len(value)} bytes, above the limit of {limits.max_event_bytes}"
+            f"value is {len(value)} bytes, above the limit of {limits.max_event_bytes}",
+            kind="oversized",
         )
     key_text = None
     if key is not None:
         try:
             key_text = key.decode("utf-8")
         except UnicodeDecodeError:
-            raise EventRejected("message key is not valid UTF-8") from None
+            raise EventRejected("message key is not valid UTF-8", kind="encoding") from None
     document = _decode_json(value)
     if not isinstance(document, dict):
-        raise EventRejected(f"value is a JSON {type(document).__name__}, expected an object")
+        raise EventRejected(
+            f"value is a JSON {type(document).__name__}, expected an object", kind="not_object"
+        )
     _check_tree(document, "event")
     wire = _validate_schema(document)
     category = _check_semantics(wire, key_text)
     try:
         moment = parse_timestamp(wire.timestamp)
     except TimestampError as exc:
-        raise EventRejected(f"timestamp: {exc}", wire.tenant_id, wire.audit_id) from None
+        raise EventRejected(
+            f"timestamp: {exc}", wire.tenant_id, wire.audit_id, kind="timestamp"
+        ) from None
     if moment < EARLIEST_EVENT_TIME or moment > now + limits.max_clock_skew:
         raise EventRejected(
             f"timestamp {wire.timestamp!r} is outside the accepted window "
             f"({EARLIEST_EVENT_TIME:%Y-%m-%d} .. now + {limits.max_clock_skew})",
-            wire.tenant_id, wire.audit_id,
+            wire.tenant_id, wire.audit_id, kind="timestamp",
         )
     event = wire.model_dump()
     event["event_category"] = category

@@ -22,7 +22,7 @@ from audit_service.chain import (
     genesis_record,
     verify_chain,
 )
-from audit_service.events import EventRejected, ValidationLimits, parse_event
+from audit_service.events import REJECTION_KINDS, EventRejected, ValidationLimits, parse_event
 from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 NOW = datetime(2026, 11, 26, 16, 19, 16, 123456, tzinfo=UTC)
@@ -66,6 +66,7 @@ def rejected(value: bytes | None, key: bytes | None = KEY,
         parse(value, key, limits)
     assert info.value.reason
     assert str(info.value) == info.value.reason
+    assert info.value.kind in REJECTION_KINDS
     return info.value
 
 

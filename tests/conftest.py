@@ -11,6 +11,8 @@ unique topic with 4 partitions.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,13 +40,25 @@ def _database_url(admin_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def private_tmp() -> Iterator[Path]:
+    """A scratch folder for servers' data, outside pytest's basetemp.
+
+    pytest deletes old basetemp folders when a new session starts; a server whose data
+    directory vanishes under it dies, so concurrent sessions would kill each other's.
+    """
+    path = Path(tempfile.mkdtemp(prefix="audit-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(private_tmp: Path) -> Iterator[str]:
     """URL of a database on the test server from which we create and drop databases."""
     external = os.environ.get("AUDIT_TEST_DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres.start(tmp_path_factory.mktemp("pg") / "data")
+    server = EmbeddedPostgres.start(private_tmp / "pg")
     try:
         yield server.url("postgres")
     finally:
@@ -80,12 +94,12 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(private_tmp: Path) -> Iterator[str]:
     external = os.environ.get("AUDIT_TEST_KAFKA_BOOTSTRAP")
     if external:
         yield external
         return
-    broker = TansuBroker.start(log_path=Path(tmp_path_factory.mktemp("tansu")) / "tansu.log")
+    broker = TansuBroker.start(log_path=private_tmp / "tansu.log")
     try:
         yield broker.bootstrap
     finally:

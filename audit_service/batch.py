@@ -35,7 +35,7 @@ from audit_service.chain import (
 )
 from audit_service.db import RecordRefused, translated_errors
 from audit_service.events import EventRejected, ValidationLimits, parse_event
-from audit_service.record_mapping import row_values
+from audit_service.record_mapping import copy_line, row_values
 from audit_service.store import ChainStore, Rejection
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class _BatchChainer:
         self.store = store
         self.isolate_rows = isolate_rows
         self.now = now
-        self.rows: list[dict[str, Any]] = []
+        self.copy_lines: list[str] = []
         self.rejections: list[Rejection] = []
         self.heads: dict[str, ChainHead] = {}
         self.last_timestamps: dict[str, str] = {}
@@ -112,18 +112,15 @@ class _BatchChainer:
 
     def append(self, record: dict[str, Any], message: ConsumedMessage | None) -> str | None:
         """Append a record (immediately in isolation mode); returns a refusal reason or None."""
-        row = row_values(
-            record,
-            message.topic if message else None,
-            message.partition if message else None,
-            message.offset if message else None,
+        coordinates = (
+            (message.topic, message.partition, message.offset) if message else (None, None, None)
         )
         if self.isolate_rows:
-            refusal = self.store.insert_record_isolated(row)
+            refusal = self.store.insert_record_isolated(row_values(record, *coordinates))
             if refusal:
                 return f"PostgreSQL refused the record: {refusal}"
         else:
-            self.rows.append(row)
+            self.copy_lines.append(copy_line(record, *coordinates))
         tenant = record["tenant_id"]
         self.heads[tenant] = advance(self.heads[tenant], record)
         self.last_timestamps[tenant] = record["timestamp"]
@@ -149,46 +146,38 @@ class _BatchChainer:
         self.outcome.event_timestamps.append(record["timestamp"])
         return True
 
-    def run(self, messages: Sequence[ConsumedMessage], limits: ValidationLimits) -> None:
+    def run(self, batch: PreparedBatch) -> None:
+        messages = batch.messages
         stored = self.store.lock_offsets([m.partition for m in messages])
-        fresh = [m for m in messages if m.offset >= stored.get(m.partition, 0)]
-        self.outcome.already_committed = len(messages) - len(fresh)
         for message in messages:
             current = self.outcome.next_offsets.get(message.partition, stored[message.partition])
             self.outcome.next_offsets[message.partition] = max(current, message.offset + 1)
+        fresh = [
+            (message, result) for message, result in zip(messages, batch.parsed, strict=True)
+            if message.offset >= stored[message.partition]
+        ]
+        self.outcome.already_committed = len(messages) - len(fresh)
 
-        parsed: list[tuple[ConsumedMessage, dict[str, Any] | EventRejected]] = []
-        for message in fresh:
-            try:
-                parsed.append((message, parse_event(message.key, message.value, limits, self.now)))
-            except EventRejected as exc:
-                parsed.append((message, exc))
-        events = [(m, e) for m, e in parsed if isinstance(e, dict)]
-        self.heads = self.store.lock_heads(e["tenant_id"] for _, e in events)
-        known = {
-            key: _event_fingerprint(record)
-            for key, record in self.store.find_chained(
-                (e["tenant_id"], e["audit_id"]) for _, e in events
-            ).items()
-        }
-        for message, result in parsed:
+        events = [e for _, e in fresh if isinstance(e, dict)]
+        self.heads = self.store.lock_heads(e["tenant_id"] for e in events)
+        known = self.store.find_chained((e["tenant_id"], e["audit_id"]) for e in events)
+        for message, result in fresh:
             if isinstance(result, EventRejected):
                 self.reject(message, result.reason, result.kind, result.tenant_id,
                             result.audit_id)
                 continue
             key = (result["tenant_id"], result["audit_id"])
-            fingerprint = _event_fingerprint(result)
             if key in known:
-                if known[key] == fingerprint:
+                if _event_fingerprint(known[key]) == _event_fingerprint(result):
                     self.outcome.duplicates += 1
                 else:
                     self.reject(message, f"audit_id {key[1]} is already chained for tenant "
                                 f"{key[0]!r} with different content", REJECTED_CONFLICT, *key)
                 continue
             if self.chain(message, result):
-                known[key] = fingerprint
+                known[key] = result
 
-        self.store.insert_records(self.rows)
+        self.store.copy_records(self.copy_lines)
         self.store.save_heads(
             [(self.heads[t], self.last_timestamps[t]) for t in sorted(self.outcome.tenants)],
             format_timestamp(self.now),
@@ -197,33 +186,64 @@ class _BatchChainer:
         self.store.save_offsets(self.outcome.next_offsets)
 
 
-def commit_batch(
-    engine: Engine, messages: Sequence[ConsumedMessage], consumer_group: str,
-    limits: ValidationLimits, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A polled batch with every message already validated (pure work, no transaction)."""
+
+    messages: Sequence[ConsumedMessage]
+    parsed: list[dict[str, Any] | EventRejected]
+
+
+def prepare_batch(
+    messages: Sequence[ConsumedMessage], limits: ValidationLimits, now: datetime
+) -> PreparedBatch:
+    """Validate every message; done outside the transaction so it can overlap a commit."""
+    parsed: list[dict[str, Any] | EventRejected] = []
+    for message in messages:
+        try:
+            parsed.append(parse_event(message.key, message.value, limits, now))
+        except EventRejected as exc:
+            parsed.append(exc)
+    return PreparedBatch(messages, parsed)
+
+
+def commit_prepared(
+    engine: Engine, batch: PreparedBatch, consumer_group: str,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> BatchOutcome:
-    """Chain a polled batch in one committed transaction (see the module contract).
+    """Chain a prepared batch in one committed transaction (see the module contract).
 
     If PostgreSQL refuses the content of some row, the transaction is rolled back and the
     batch is redone with every record in its own savepoint, so only the refused rows are
     quarantined. Transient failures propagate as TransientError for the caller to retry.
     """
-    if not messages:
+    if not batch.messages:
         return BatchOutcome()
-    topic = messages[0].topic
     try:
-        return _run_transaction(engine, messages, consumer_group, topic, limits, clock, False)
+        return _run_transaction(engine, batch, consumer_group, clock, isolate_rows=False)
     except RecordRefused as exc:
         log.warning("batch refused by PostgreSQL, retrying row by row", extra={"error": str(exc)})
-        return _run_transaction(engine, messages, consumer_group, topic, limits, clock, True)
+        return _run_transaction(engine, batch, consumer_group, clock, isolate_rows=True)
+
+
+def commit_batch(
+    engine: Engine, messages: Sequence[ConsumedMessage], consumer_group: str,
+    limits: ValidationLimits, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BatchOutcome:
+    """Validate and chain a polled batch in one committed transaction."""
+    return commit_prepared(
+        engine, prepare_batch(messages, limits, clock()), consumer_group, clock
+    )
 
 
 def _run_transaction(
-    engine: Engine, messages: Sequence[ConsumedMessage], consumer_group: str, topic: str,
-    limits: ValidationLimits, clock: Callable[[], datetime], isolate_rows: bool,
+    engine: Engine, batch: PreparedBatch, consumer_group: str,
+    clock: Callable[[], datetime], *, isolate_rows: bool,
 ) -> BatchOutcome:
+    topic = batch.messages[0].topic
     with translated_errors("committing the batch"), Session(engine) as session, session.begin():
         chainer = _BatchChainer(
             ChainStore(session, consumer_group, topic), isolate_rows, clock()
         )
-        chainer.run(messages, limits)
+        chainer.run(batch)
     return chainer.outcome

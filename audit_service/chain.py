@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final
 
 GENESIS_PREVIOUS_HASH: Final = "0" * 64
@@ -67,6 +68,16 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def stable_number(value: float) -> float | int:
+    """One float in the form JSONB gives back (see `jsonb_stable`)."""
+    if value == 0.0:
+        return 0.0
+    text = repr(value)
+    if "e+" in text:
+        return int(Decimal(text))
+    return value
+
+
 def jsonb_stable(value: Any) -> Any:
     """Return `value` in the form PostgreSQL JSONB gives back, so hashes survive a round trip.
 
@@ -76,12 +87,7 @@ def jsonb_stable(value: Any) -> Any:
     (1e-07 -> 0.0000001) parse back to the same float.
     """
     if isinstance(value, float):
-        if value == 0.0:
-            return 0.0
-        text = repr(value)
-        if "e+" in text:
-            return int(Decimal(text))
-        return value
+        return stable_number(value)
     if isinstance(value, dict):
         return {key: jsonb_stable(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -89,11 +95,14 @@ def jsonb_stable(value: Any) -> Any:
     return value
 
 
+_encode_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+"""Exactly `json.dumps(d, sort_keys=True, separators=(",", ":"))`, without rebuilding the
+encoder on every call."""
+
+
 def canonical_json(record: Mapping[str, Any]) -> str:
     """The exact text that is hashed, for the hashed fields of `record`."""
-    return json.dumps(
-        {field: record[field] for field in HASHED_FIELDS}, sort_keys=True, separators=(",", ":")
-    )
+    return _encode_canonical({field: record[field] for field in HASHED_FIELDS})
 
 
 def compute_record_hash(record: Mapping[str, Any]) -> str:
@@ -161,9 +170,13 @@ def chain_event(
     record = {field: event[field] for field in EVENT_FIELDS}
     record["sequence_number"] = head.last_sequence + 1
     record["previous_hash"] = head.last_hash
-    record["ingested_at"] = format_timestamp(ingested_at)
+    record["ingested_at"] = _format_batch_timestamp(ingested_at)
     record["record_hash"] = compute_record_hash(record)
     return record
+
+
+_format_batch_timestamp = lru_cache(maxsize=4)(format_timestamp)
+"""A batch chains many events with one ingested_at: render it once."""
 
 
 def advance(head: ChainHead, record: Mapping[str, Any]) -> ChainHead:

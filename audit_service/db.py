@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
+import psycopg2
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -39,11 +40,12 @@ class RecordRefused(AuditServiceError):
 
 
 def create_db_engine(
-    database_url: str, *, statement_timeout_ms: int = 0, pool_size: int = 2,
+    database_url: str, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0,
+    pool_size: int = 2,
     application_name: str = "audit-service",
 ) -> Engine:
     """An engine whose connections carry a name (for pg_stat_activity) and a timeout."""
-    options = f"-c statement_timeout={statement_timeout_ms}"
+    options = f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}"
     return create_engine(
         database_url,
         pool_size=pool_size,
@@ -57,43 +59,56 @@ def create_db_engine(
     )
 
 
-def _sqlstate(exc: DBAPIError) -> str | None:
-    return getattr(exc.orig, "pgcode", None)
+def _driver_error(exc: Exception) -> psycopg2.Error | None:
+    """The psycopg2 error behind `exc` (raw cursors such as COPY raise it directly)."""
+    if isinstance(exc, psycopg2.Error):
+        return exc
+    if isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg2.Error):
+        return exc.orig
+    return None
 
 
-def is_transient(exc: SQLAlchemyError) -> bool:
+def _sqlstate(exc: Exception) -> str | None:
+    driver = _driver_error(exc)
+    return driver.pgcode if driver is not None else None
+
+
+def is_transient(exc: Exception) -> bool:
     """True when retrying the same work later can succeed."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    if exc.connection_invalidated:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    code = _sqlstate(exc)
+    driver = _driver_error(exc)
+    if driver is None:
+        return isinstance(exc, DBAPIError)
+    code = driver.pgcode
     if code is None:
-        return True  # no server answer at all: connection refused, reset, timed out
+        # No server answer at all: connection refused, reset or timed out.
+        return isinstance(driver, psycopg2.OperationalError | psycopg2.InterfaceError)
     return code in _TRANSIENT_SQLSTATES or code.startswith(_TRANSIENT_CLASSES)
 
 
-def is_row_specific(exc: SQLAlchemyError) -> bool:
+def is_row_specific(exc: Exception) -> bool:
     """True when the error is about the data of a row (too long, invalid, constraint)."""
-    code = _sqlstate(exc) if isinstance(exc, DBAPIError) else None
+    code = _sqlstate(exc)
     return code is not None and code.startswith(_ROW_CLASSES)
 
 
-def describe(exc: SQLAlchemyError) -> str:
+def describe(exc: Exception) -> str:
     """One line, without SQL or parameters (which may hold event payloads)."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-        code = _sqlstate(exc)
-        return f"{first_line} (SQLSTATE {code})" if code else first_line or type(exc.orig).__name__
-    return type(exc).__name__
+    driver = _driver_error(exc)
+    if driver is None:
+        return type(exc).__name__
+    lines = str(driver).strip().splitlines()
+    first_line = lines[0] if lines else type(driver).__name__
+    return f"{first_line} (SQLSTATE {driver.pgcode})" if driver.pgcode else first_line
 
 
 @contextmanager
 def translated_errors(what: str) -> Iterator[None]:
-    """Re-raise SQLAlchemy errors as TransientError, RecordRefused or AuditServiceError."""
+    """Re-raise driver errors as TransientError, RecordRefused or AuditServiceError."""
     try:
         yield
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, psycopg2.Error) as exc:
         if is_transient(exc):
             raise TransientError(f"{what}: {describe(exc)}") from exc
         if is_row_specific(exc):

@@ -7,6 +7,7 @@ nested keys are kept as sent.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from typing_extensions import TypedDict
 TENANT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 _NESTED = ConfigDict(extra="allow", strict=True)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @with_config(_NESTED)
@@ -125,6 +127,8 @@ class WireEvent(BaseModel):
     @field_validator("audit_id")
     @classmethod
     def _uuid(cls, value: str) -> str:
+        if _CANONICAL_UUID.fullmatch(value):
+            return value
         try:
             return str(uuid.UUID(value))
         except ValueError:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from audit_service.chain import TimestampError, format_timestamp, jsonb_stable, parse_timestamp
+from audit_service.chain import TimestampError, format_timestamp, parse_timestamp, stable_number
 from audit_service.event_schema import NESTED_SCHEMAS, WireEvent
 from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
@@ -77,14 +77,33 @@ def _check_text(text: str, where: str) -> None:
         raise EventRejected(f"unpaired UTF-16 surrogate in {where}", kind="encoding") from None
 
 
+def _parse_float(text: str) -> float | int:
+    """Parse a JSON float literal: finite only, and already in its JSONB-stable form."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise EventRejected(
+            f"number {text[:32]} is out of range (only finite numbers are JSON)", kind="json"
+        )
+    return stable_number(value)
+
+
+def _may_hide_problems(text: str) -> bool:
+    """Cheap test on the raw JSON text: False means no NUL, no lone surrogate and no deep
+    nesting can be in it (those need a \\u escape or many brackets), so the tree walk can
+    be skipped."""
+    return "\\u" in text or text.count("{") + text.count("[") > MAX_NESTING_DEPTH
+
+
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float, object_pairs_hook=_unique_object
+)
+"""Strict JSON: no NaN/Infinity, no duplicate keys, finite JSONB-stable floats."""
+
+
 def _check_tree(value: Any, where: str, depth: int = 0) -> None:
     """Reject NULs, lone surrogates and excessive depth anywhere in a parsed JSON value."""
     if depth > MAX_NESTING_DEPTH:
         raise EventRejected(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels", kind="json")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise EventRejected(
-            f"number out of range in {where} (only finite numbers are JSON)", kind="json"
-        )
     if isinstance(value, str):
         _check_text(value, where)
     elif isinstance(value, dict):
@@ -96,7 +115,7 @@ def _check_tree(value: Any, where: str, depth: int = 0) -> None:
             _check_tree(item, where, depth + 1)
 
 
-def _decode_json(value: bytes) -> Any:
+def _decode_json(value: bytes) -> tuple[str, Any]:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -104,7 +123,7 @@ def _decode_json(value: bytes) -> Any:
             f"value is not valid UTF-8 (byte {exc.start})", kind="encoding"
         ) from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+        document = _DECODER.decode(text)
     except RecursionError:
         raise EventRejected(
             f"JSON nested deeper than {MAX_NESTING_DEPTH} levels", kind="json"
@@ -117,6 +136,7 @@ def _decode_json(value: bytes) -> Any:
         if isinstance(exc, EventRejected):
             raise
         raise EventRejected(f"value is not acceptable JSON: {exc}", kind="json") from None
+    return text, document
 
 
 def _describe_errors(prefix: str, exc: ValidationError) -> str:
@@ -180,7 +200,8 @@ def parse_event(
     """Validate one message; return the event's fields with defaults filled in.
 
     The result has exactly `chain.EVENT_FIELDS`: timestamps rendered in the hashed form,
-    nested objects in their JSONB-stable form, audit_id in canonical UUID form.
+    numbers in their JSONB-stable form (`chain.jsonb_stable`, applied while parsing),
+    audit_id in canonical UUID form.
     Raises EventRejected with the reason for anything that must be quarantined.
     """
     if value is None:
@@ -196,12 +217,13 @@ def parse_event(
             key_text = key.decode("utf-8")
         except UnicodeDecodeError:
             raise EventRejected("message key is not valid UTF-8", kind="encoding") from None
-    document = _decode_json(value)
+    text, document = _decode_json(value)
     if not isinstance(document, dict):
         raise EventRejected(
             f"value is a JSON {type(document).__name__}, expected an object", kind="not_object"
         )
-    _check_tree(document, "event")
+    if _may_hide_problems(text):
+        _check_tree(document, "event")
     wire = _validate_schema(document)
     category = _check_semantics(wire, key_text)
     try:
@@ -216,9 +238,7 @@ def parse_event(
             f"({EARLIEST_EVENT_TIME:%Y-%m-%d} .. now + {limits.max_clock_skew})",
             wire.tenant_id, wire.audit_id, kind="timestamp",
         )
-    event = wire.model_dump()
+    event = dict(wire.__dict__)  # the validated fields; model_dump() would deep-copy them
     event["event_category"] = category
     event["timestamp"] = format_timestamp(moment)
-    for name in NESTED_SCHEMAS:
-        event[name] = jsonb_stable(event[name])
     return event

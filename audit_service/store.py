@@ -7,12 +7,13 @@ partition offset rows first (sorted by partition), then tenant heads (sorted by 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -24,7 +25,7 @@ from audit_service.models import (
     AuditRecord,
     AuditRejectedEvent,
 )
-from audit_service.record_mapping import record_from_row
+from audit_service.record_mapping import COPY_COLUMNS, record_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,23 +115,48 @@ class ChainStore:
     def find_chained(
         self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        """Records already chained for these (tenant_id, audit_id) pairs, as hashed dicts."""
+        """Records already chained for these (tenant_id, audit_id) pairs, as hashed dicts.
+
+        One index probe per pair via unnest (a large IN list of row values plans badly);
+        full rows are loaded only for the pairs that exist, which is rare (redeliveries).
+        """
         wanted = list(set(keys))
         if not wanted:
             return {}
+        tenants, audit_ids = zip(*wanted, strict=True)
         with translated_errors("looking up already chained audit_ids"):
+            found = self.session.execute(
+                text(
+                    "SELECT r.tenant_id, r.sequence_number "
+                    "FROM unnest(CAST(:tenants AS text[]), CAST(:audit_ids AS uuid[])) "
+                    "AS k(tenant_id, audit_id) "
+                    "JOIN audit_records AS r USING (tenant_id, audit_id)"
+                ),
+                {"tenants": list(tenants), "audit_ids": list(audit_ids)},
+            ).all()
+            if not found:
+                return {}
             rows = self.session.scalars(
                 select(AuditRecord).where(
-                    tuple_(AuditRecord.tenant_id, AuditRecord.audit_id).in_(wanted)
+                    tuple_(AuditRecord.tenant_id, AuditRecord.sequence_number).in_(found)
                 )
             ).all()
         return {(row.tenant_id, row.audit_id): record_from_row(row) for row in rows}
 
-    def insert_records(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Append records (column values from `record_mapping.row_values`)."""
-        if rows:
-            with translated_errors("inserting audit records"):
-                self.session.execute(insert(AuditRecord), rows)
+    def copy_records(self, lines: Sequence[str]) -> None:
+        """Append records with COPY (see `record_mapping.copy_line`) on the session's own
+        connection, so they commit or roll back with the heads and offsets."""
+        if not lines:
+            return
+        with translated_errors("copying audit records"):
+            cursor = self.session.connection().connection.dbapi_connection.cursor()
+            try:
+                cursor.copy_expert(
+                    f"COPY audit_records ({', '.join(COPY_COLUMNS)}) FROM STDIN",
+                    io.StringIO("".join(lines)),
+                )
+            finally:
+                cursor.close()
 
     def insert_record_isolated(self, row: dict[str, Any]) -> str | None:
         """Insert one record in a savepoint; return PostgreSQL's refusal, or None on success.

@@ -1,0 +1,188 @@
+"""Runs of the shipped daemon (`audit-service run` as a subprocess) for the benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Producer
+from sqlalchemy import create_engine, text
+from workload import wire_event
+
+from audit_service.devstack import free_port
+
+START_TIMEOUT_S = 60
+"""How long the daemon may take to join the group and report ready."""
+
+
+@dataclass
+class ServiceRun:
+    events: int
+    wall_s: float
+    first_to_last_s: float
+    peak_rss_mib: float
+    verified: bool
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.first_to_last_s if self.first_to_last_s else 0.0
+
+
+def _env(database_url: str, bootstrap: str, topic: str, health_port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AUDIT_DATABASE_URL": database_url, "AUDIT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "AUDIT_KAFKA_TOPIC": topic, "AUDIT_CONSUMER_GROUP": f"bench-{topic}",
+        "AUDIT_HEALTH_PORT": str(health_port), "AUDIT_LOG_LEVEL": "WARNING",
+        "AUDIT_KAFKA_SESSION_TIMEOUT_MS": "6000", "AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        "AUDIT_KAFKA_MAX_POLL_INTERVAL_MS": "30000",
+    }
+
+
+class _PeakRss:
+    """Samples the process's VmHWM (peak resident set) until it exits."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak_kib = 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        status = Path(f"/proc/{self.pid}/status")
+        while True:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except (OSError, ValueError):
+                return
+            time.sleep(0.2)
+
+    def mib(self) -> float:
+        self._thread.join(timeout=2)
+        return self.peak_kib / 1024
+
+
+def _verify(database_url: str) -> bool:
+    result = subprocess.run(
+        [sys.executable, "-m", "audit_service", "verify"], capture_output=True, text=True,
+        env={**os.environ, "AUDIT_DATABASE_URL": database_url}, timeout=1800, check=False,
+    )
+    return result.returncode == 0
+
+
+def drain_with_service(
+    database_url: str, bootstrap: str, topic: str, events: int, log_path: Path
+) -> ServiceRun:
+    """Run the daemon over a pre-filled topic until idle; rate from first to last record."""
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "audit_service", "run", "--exit-when-idle"],
+            env=_env(database_url, bootstrap, topic, 0), stdout=log, stderr=subprocess.STDOUT,
+        )
+        rss = _PeakRss(process.pid)
+        code = process.wait(timeout=3600)
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"daemon exited {code}; see {log_path}")
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        count, span = connection.execute(text(
+            "SELECT count(*), EXTRACT(EPOCH FROM max(ingested_at) - min(ingested_at)) "
+            "FROM audit_records WHERE sequence_number > 0")).one()
+    engine.dispose()
+    if count != events:
+        raise RuntimeError(f"expected {events} chained records, found {count}")
+    return ServiceRun(events, wall, float(span or 0), rss.mib(), _verify(database_url))
+
+
+@dataclass
+class LatencyRun:
+    events: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"daemon exited early with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as reply:
+                if json.load(reply)["status"] == "ready":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("daemon did not become ready")
+
+
+def _produce_steadily(bootstrap: str, topic: str, rate: int, seconds: float) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    tick = 0.01
+    per_tick = max(1, round(rate * tick))
+    sent = 0
+    begin = time.monotonic()
+    while time.monotonic() - begin < seconds:
+        for _ in range(per_tick):
+            event = wire_event(sent, datetime.now(UTC))
+            producer.produce(topic, key=event["tenant_id"].encode(),
+                             value=json.dumps(event, separators=(",", ":")).encode())
+            sent += 1
+        producer.poll(0)
+        sleep = begin + (sent / per_tick) * tick - time.monotonic()
+        if sleep > 0:
+            time.sleep(sleep)
+    producer.flush(60)
+    return sent
+
+
+def steady_latency(
+    database_url: str, bootstrap: str, topic: str, rate: int, seconds: float, log_path: Path
+) -> LatencyRun:
+    """Event timestamp -> ingested_at percentiles at a steady produce rate."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "audit_service", "run"],
+            env=_env(database_url, bootstrap, topic, port), stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_ready(port, process)
+            sent = _produce_steadily(bootstrap, topic, rate, seconds)
+            engine = create_engine(database_url)
+            deadline = time.monotonic() + 120
+            query = text("SELECT count(*) FROM audit_records WHERE sequence_number > 0")
+            while time.monotonic() < deadline:
+                with engine.connect() as connection:
+                    if connection.execute(query).scalar() == sent:
+                        break
+                time.sleep(0.5)
+            with engine.connect() as connection:
+                row = connection.execute(text(
+                    "SELECT count(*), "
+                    "percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lat), "
+                    "max(lat) FROM (SELECT EXTRACT(EPOCH FROM ingested_at - timestamp) * 1000 "
+                    "AS lat FROM audit_records WHERE sequence_number > 0) AS latencies")).one()
+            engine.dispose()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    count, (p50, p95, p99), worst = row
+    if count != sent:
+        raise RuntimeError(f"latency run: sent {sent}, chained {count}")
+    return LatencyRun(count, p50, p95, p99, float(worst))

@@ -1,0 +1,109 @@
+"""`make bench`: the write path against its ceilings and a naive baseline, in ONE run.
+
+Prints a table and writes bench/results/throughput.json. Sizes default to the issue's
+(200,000 events for the service, 1,000,000 for the RSS check, 10,000 for the baseline,
+60 s at 1,000 events/s for latency); `--quick` shrinks everything for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ceilings import copy_rate, drain_rate
+from naive import naive_rate
+from service_runs import drain_with_service, steady_latency
+from stack import fill_topic, running_stack
+from workload import encoded_events
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rss-events", type=int, default=1_000_000)
+    parser.add_argument("--naive-events", type=int, default=10_000)
+    parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--latency-rate", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.rss_events, args.naive_events = 20_000, 40_000, 1_000
+        args.latency_seconds = 10.0
+    return args
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    args = _arguments()
+    RESULTS.mkdir(exist_ok=True)
+    results: dict[str, object] = {"arguments": vars(args)}
+    with running_stack() as stack:
+        _say(f"filling a topic with {args.events} events")
+        messages = list(encoded_events(args.events))
+        topic = stack.new_topic()
+        fill_topic(stack.bootstrap, topic, messages)
+
+        _say("ceiling A: kafka-python drain (poll + json.loads)")
+        ceiling_a = drain_rate(stack.bootstrap, topic, args.events)
+        _say("ceiling B: PostgreSQL COPY of audit_records rows")
+        ceiling_b = copy_rate(stack.new_database(), messages)
+        _say(f"baseline: naive per-event design over {args.naive_events} events")
+        baseline = naive_rate(stack.new_database(), stack.bootstrap, topic, args.naive_events)
+        _say(f"service: audit-service run over {args.events} events")
+        service = drain_with_service(stack.new_database(), stack.bootstrap, topic, args.events,
+                                     stack.scratch / "service.log")
+        del messages
+
+        _say(f"service: audit-service run over {args.rss_events} events (peak RSS)")
+        big_topic = stack.new_topic()
+        fill_topic(stack.bootstrap, big_topic, encoded_events(args.rss_events))
+        big = drain_with_service(stack.new_database(), stack.bootstrap, big_topic,
+                                 args.rss_events, stack.scratch / "service-big.log")
+
+        _say(f"latency: {args.latency_rate} events/s for {args.latency_seconds:.0f} s")
+        latency = steady_latency(stack.new_database(), stack.bootstrap, stack.new_topic(),
+                                 args.latency_rate, args.latency_seconds,
+                                 stack.scratch / "service-latency.log")
+
+    ceiling = min(ceiling_a, ceiling_b)
+    rows = [
+        ("ceiling A: kafka-python drain", args.events, ceiling_a, ""),
+        ("ceiling B: PostgreSQL COPY", args.events, ceiling_b, ""),
+        ("baseline: naive per-event", args.naive_events, baseline, ""),
+        ("service (audit-service run)", args.events, service.rate,
+         f"verified={service.verified} rss={service.peak_rss_mib:.0f}MiB"),
+        ("service, RSS run", args.rss_events, big.rate,
+         f"verified={big.verified} rss={big.peak_rss_mib:.0f}MiB"),
+    ]
+    print(f"\n{'run':34} {'events':>9} {'events/s':>10}  notes")
+    for name, events, rate, notes in rows:
+        print(f"{name:34} {events:>9} {rate:>10,.0f}  {notes}")
+    ratios = {
+        "service / baseline": service.rate / baseline,
+        "service / min(ceiling A, ceiling B)": service.rate / ceiling,
+        "peak RSS 1M-run / 200k-run": big.peak_rss_mib / service.peak_rss_mib,
+    }
+    for name, value in ratios.items():
+        print(f"{name:40} {value:6.2f}")
+    print(f"latency at {args.latency_rate}/s over {latency.events} events (timestamp -> "
+          f"ingested_at): p50 {latency.p50_ms:.0f} ms, p95 {latency.p95_ms:.0f} ms, "
+          f"p99 {latency.p99_ms:.0f} ms, max {latency.max_ms:.0f} ms")
+    results.update({
+        "ceiling_a_events_per_s": ceiling_a, "ceiling_b_rows_per_s": ceiling_b,
+        "baseline_events_per_s": baseline, "service": vars(service) | {"rate": service.rate},
+        "service_rss_run": vars(big) | {"rate": big.rate}, "ratios": ratios,
+        "latency_ms": vars(latency),
+    })
+    (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,8 @@ from audit_service import __version__
 from audit_service.errors import AuditServiceError
 
 EXIT_INTERNAL_ERROR = 3
+CHECK_KAFKA_TIMEOUT_MS = 10_000
+"""check-config gives up on an unreachable broker after this long."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("audit_service")
@@ -91,6 +93,9 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 @click.option("--health-port", type=int, help="Port of the health server (0 disables it).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
               case_sensitive=False))
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"], case_sensitive=False),
+              help="json: one object per line; text: for people; auto (default): json "
+                   "unless stderr is a terminal.")
 @click.option("--max-batches", type=int, help="Exit after this many committed batches.")
 @click.option("--exit-when-idle", is_flag=True,
               help="Exit once every assigned partition is consumed to its end.")
@@ -98,7 +103,8 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
         topic: str | None, group: str | None, batch_size: int | None,
         poll_timeout_ms: int | None, health_host: str | None, health_port: int | None,
-        log_level: str | None, max_batches: int | None, exit_when_idle: bool) -> None:
+        log_level: str | None, log_format: str | None, max_batches: int | None,
+        exit_when_idle: bool) -> None:
     """Run the daemon: consume, chain, store; stops cleanly on SIGTERM/SIGINT."""
     from audit_service.daemon import Daemon, RunLimits, StopSignal
     from audit_service.logs import configure_logging
@@ -107,9 +113,9 @@ def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
         database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
         kafka_topic=topic, consumer_group=group, batch_size=batch_size,
         poll_timeout_ms=poll_timeout_ms, health_host=health_host, health_port=health_port,
-        log_level=log_level,
+        log_level=log_level, log_format=log_format,
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     stop = StopSignal()
     stop.install()
     Daemon(settings, stop).run(RunLimits(max_batches, exit_when_idle))
@@ -129,6 +135,52 @@ def migrate(ctx: Context, database_url: str | None) -> None:
     engine.dispose()
     upgrade_to_head(settings.database_url)
     click.echo(f"database {settings.redacted_database_url} is at revision {head_revision()}")
+
+
+@main.command("check-config")
+@_database_option
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers, comma-separated.")
+@guarded
+def check_config(ctx: Context, database_url: str | None, bootstrap_servers: str | None) -> None:
+    """Validate the configuration, print it (password masked), test PostgreSQL and Kafka."""
+    import os
+
+    from audit_service.config import resolve_config_path
+    from audit_service.consumer import topic_partitions
+    from audit_service.db import check_connection, create_db_engine
+    from audit_service.errors import ConnectionFailure
+    from audit_service.migrations import ensure_schema_current, head_revision
+
+    settings = ctx.settings(database_url=database_url, kafka_bootstrap_servers=bootstrap_servers)
+    config_file = resolve_config_path(ctx.config_path, os.environ)
+    click.echo(f"configuration (file: {config_file or 'none'}, then AUDIT_* variables, flags):")
+    for name, value in settings.redacted_values().items():
+        click.echo(f"  {name} = {value}")
+    failed = []
+    engine = create_db_engine(settings.database_url)
+    try:
+        check_connection(engine)
+        with engine.connect() as connection:
+            ensure_schema_current(connection)
+        click.echo(f"database: OK, schema at revision {head_revision()}")
+    except AuditServiceError as exc:
+        click.echo(f"database: FAILED: {exc}")
+        failed.append("database")
+    finally:
+        engine.dispose()
+    try:
+        partitions = topic_partitions(settings, CHECK_KAFKA_TIMEOUT_MS)
+        if partitions:
+            click.echo(f"kafka: OK, topic {settings.kafka_topic} has {len(partitions)} partitions")
+        else:
+            click.echo(f"kafka: FAILED: topic {settings.kafka_topic} does not exist")
+            failed.append("kafka")
+    except AuditServiceError as exc:
+        click.echo(f"kafka: FAILED: {exc}")
+        failed.append("kafka")
+    if failed:
+        raise ConnectionFailure(f"check-config: {' and '.join(failed)} check failed")
+    click.echo("check-config: OK")
 
 
 @main.command()

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from audit_service.errors import ConfigurationError
+from audit_service.logs import LOG_FORMATS
 
 INI_SECTION = "audit"
 ENV_PREFIX = "AUDIT_"
@@ -46,8 +47,11 @@ class Settings(BaseModel):
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     statement_timeout_ms: int = Field(60_000, ge=0)
+    lock_timeout_ms: int = Field(5_000, ge=0)
     retry_max_backoff_s: float = Field(30.0, gt=0)
     log_level: str = "INFO"
+    log_format: str = "auto"
+    metrics_max_tenants: int = Field(500, ge=0, le=10_000)
 
     @field_validator("database_url")
     @classmethod
@@ -68,6 +72,14 @@ class Settings(BaseModel):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
 
+    @field_validator("log_format")
+    @classmethod
+    def _valid_log_format(cls, value: str) -> str:
+        log_format = value.lower()
+        if log_format not in LOG_FORMATS:
+            raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+        return log_format
+
     @property
     def redacted_database_url(self) -> str:
         """The database URL with any password masked, safe for logs and output."""
@@ -75,6 +87,12 @@ class Settings(BaseModel):
         if "password" in url.query:
             url = url.update_query_dict({"password": "***"})
         return url.render_as_string(hide_password=True)
+
+    def redacted_values(self) -> dict[str, Any]:
+        """Every setting in effect, with the database password masked (for printing)."""
+        values = dict(self)
+        values["database_url"] = self.redacted_database_url
+        return values
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

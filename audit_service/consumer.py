@@ -47,6 +47,29 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"partitions": partitions, "seek_to": stored})
 
 
+def topic_partitions(settings: Settings, timeout_ms: int) -> list[int]:
+    """The configured topic's partitions (empty if it does not exist), for check-config.
+
+    A short-lived client that joins no group and never auto-creates the topic.
+    """
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+            client_id="audit-service-check", allow_auto_create_topics=False,
+            bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
+        )
+    except KafkaError as exc:
+        raise ConnectionFailure(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
+        ) from exc
+    try:
+        return sorted(consumer.partitions_for_topic(settings.kafka_topic) or [])
+    except KafkaError as exc:
+        raise ConnectionFailure(f"cannot read Kafka metadata: {exc}") from exc
+    finally:
+        consumer.close()
+
+
 class AuditConsumer:
     """A consumer-group member for the audit topic with auto-commit off."""
 
@@ -112,6 +135,19 @@ class AuditConsumer:
 
     def assigned_partitions(self) -> list[int]:
         return sorted(tp.partition for tp in self._consumer.assignment())
+
+    def lag(self) -> dict[int, int]:
+        """Messages between position and high watermark per assigned partition, where known.
+
+        Uses only what the last fetch responses reported (timeout 0), so it never blocks.
+        """
+        lag: dict[int, int] = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            position = self._consumer.position(tp, timeout_ms=0)
+            if highwater is not None and position is not None:
+                lag[tp.partition] = max(0, highwater - position)
+        return lag
 
     def caught_up(self) -> bool:
         """True when every assigned partition is consumed up to its high watermark."""

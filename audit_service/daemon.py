@@ -1,11 +1,13 @@
 """The daemon: a poll loop you can read top to bottom.
 
     stop requested? -> poll -> commit the batch to PostgreSQL -> commit offsets to Kafka
-    -> mark alive
+    -> mark alive (health state, systemd watchdog, lag gauges)
 
 Transient failures (database restarting, deadlock, broker away) back off and retry the
 same batch; the loop never skips ahead. Anything unexpected propagates, is logged by the
-CLI, and the process exits non-zero so systemd restarts it.
+CLI, and the process exits non-zero so systemd restarts it. systemd hears READY=1 once
+the database answered and partitions are assigned, WATCHDOG=1 while the loop turns, and
+STOPPING=1 on the way out.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from audit_service.db import check_connection, create_db_engine
 from audit_service.errors import ConfigurationError, TransientError
 from audit_service.events import ValidationLimits
 from audit_service.health import HealthServer, LoopState
+from audit_service.metrics import RETRY_BROKER, RETRY_DATABASE, ServiceMetrics
 from audit_service.migrations import ensure_schema_current
+from audit_service.notify import SystemdNotifier
 from audit_service.reader import AuditReader
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,8 @@ BACKOFF_INITIAL_S = 0.5
 """First retry delay after a transient failure; doubles up to Settings.retry_max_backoff_s."""
 SHUTDOWN_POLL_S = 0.2
 """Granularity at which a sleeping retry notices a stop request."""
+OBSERVER_STATEMENT_TIMEOUT_MS = 2000
+"""Bound on the /ready ping and the /metrics heads query: a probe must answer promptly."""
 
 
 @dataclass
@@ -84,15 +90,32 @@ class Daemon:
             max_event_bytes=settings.max_event_bytes,
             max_clock_skew=timedelta(seconds=settings.max_clock_skew_s),
         )
+        # The lock timeout bounds how long a batch waits for another instance's row lock,
+        # so a stop request is noticed within it (signal handlers cannot run while libpq
+        # blocks); the wait ends as a transient error and the batch is retried.
         self.engine: Engine = create_db_engine(
-            settings.database_url, statement_timeout_ms=settings.statement_timeout_ms
+            settings.database_url, statement_timeout_ms=settings.statement_timeout_ms,
+            lock_timeout_ms=settings.lock_timeout_ms,
+        )
+        # The HTTP thread gets its own pool, so probes and scrapes never wait for (or make
+        # the loop wait for) a connection.
+        self.observer_engine: Engine = create_db_engine(
+            settings.database_url, statement_timeout_ms=OBSERVER_STATEMENT_TIMEOUT_MS,
+            application_name="audit-service-observer",
         )
         self.state = LoopState()
         self.totals = RunTotals()
+        self.metrics = ServiceMetrics(self._head_sequences, settings.metrics_max_tenants)
+        self.notifier = SystemdNotifier()
+        self._ready_notified = False
+
+    def _head_sequences(self) -> dict[str, int]:
+        heads = AuditReader(self.observer_engine).heads()
+        return {tenant: head.last_sequence for tenant, head in heads.items()}
 
     def _database_ok(self) -> bool:
         try:
-            with self.engine.connect() as connection:
+            with self.observer_engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError:
             return False
@@ -114,7 +137,7 @@ class Daemon:
             if unexpected:
                 consumer.rewind(unexpected)
                 consumer.pause()
-            self.state.mark_alive(consumer.assigned_partitions())
+            self._mark_alive(consumer)
 
     def _commit_with_retry(
         self, consumer: AuditConsumer, batch: list[ConsumedMessage]
@@ -124,11 +147,15 @@ class Daemon:
         paused = False
         try:
             while True:
+                started = time.monotonic()
                 try:
-                    return commit_batch(
+                    outcome = commit_batch(
                         self.engine, batch, self.settings.consumer_group, self.limits
                     )
+                    self.metrics.observe_transaction(time.monotonic() - started)
+                    return outcome
                 except TransientError as exc:
+                    self.metrics.count_retry(RETRY_DATABASE)
                     log.warning("batch failed, will retry", extra={
                         "error": str(exc), "retry_in_s": backoff, "messages": len(batch)})
                 if not paused:
@@ -147,6 +174,7 @@ class Daemon:
         try:
             return consumer.poll(self.settings.poll_timeout_ms, self.settings.batch_size)
         except TransientError as exc:
+            self.metrics.count_retry(RETRY_BROKER)
             log.warning("poll failed, will retry", extra={"error": str(exc)})
             self.stop.event.wait(BACKOFF_INITIAL_S)
             return []
@@ -156,11 +184,26 @@ class Daemon:
         self.totals.chained += outcome.chained
         self.totals.duplicates += outcome.duplicates
         self.totals.rejected += outcome.rejected
+        self.metrics.record_batch(outcome, len(batch))
         log.info("batch committed", extra={
             "messages": len(batch), "chained": outcome.chained, "genesis": outcome.genesis,
             "duplicates": outcome.duplicates, "rejected": outcome.rejected,
             "skipped_committed": outcome.already_committed, "tenants": len(outcome.tenants),
             "offsets": outcome.next_offsets})
+
+    def _mark_alive(self, consumer: AuditConsumer) -> None:
+        """The loop turned: tell /health, systemd (READY once, then WATCHDOG) and the lag gauges.
+
+        READY waits for an assignment, i.e. for the group join; run() reached the database.
+        """
+        partitions = consumer.assigned_partitions()
+        self.state.mark_alive(partitions)
+        if partitions and not self._ready_notified:
+            self._ready_notified = True
+            self.notifier.ready()
+            log.info("ready", extra={"partitions": partitions})
+        self.notifier.watchdog()
+        self.metrics.set_lag(consumer.lag())
 
     def _start_health_server(self) -> HealthServer | None:
         host, port = self.settings.health_host, self.settings.health_port
@@ -168,7 +211,8 @@ class Daemon:
             return None
         try:
             health = HealthServer(
-                host, port, self.state, self.settings.liveness_timeout_s, self._database_ok
+                host, port, self.state, self.settings.liveness_timeout_s, self._database_ok,
+                self.metrics.exposition,
             )
         except OSError as exc:
             raise ConfigurationError(
@@ -187,7 +231,7 @@ class Daemon:
                     return
                 consumer.commit(outcome.next_offsets)
                 self._record(outcome, batch)
-            self.state.mark_alive(consumer.assigned_partitions())
+            self._mark_alive(consumer)
             if limits.max_batches is not None and self.totals.batches >= limits.max_batches:
                 return
             if limits.exit_when_idle and not batch and consumer.caught_up():
@@ -211,6 +255,7 @@ class Daemon:
         except BaseException:
             if health is not None:
                 health.stop()
+            self.observer_engine.dispose()
             raise
         log.info("audit-service running", extra={
             "topic": self.settings.kafka_topic, "group": self.settings.consumer_group,
@@ -218,10 +263,12 @@ class Daemon:
         try:
             self._loop(consumer, limits)
         finally:
+            self.notifier.stopping()
             consumer.close()
             if health is not None:
                 health.stop()
             self.engine.dispose()
+            self.observer_engine.dispose()
             log.info("audit-service stopped", extra={
                 "batches": self.totals.batches, "chained": self.totals.chained,
                 "duplicates": self.totals.duplicates, "rejected": self.totals.rejected})

@@ -1,7 +1,8 @@
-"""Liveness and readiness over HTTP on a stdlib server thread (GET /health, GET /ready).
+"""Liveness, readiness and metrics over HTTP on a stdlib server thread.
 
-The handler only reads shared state and runs one bounded database ping for /ready; it
-never takes a lock the poll loop needs, so a slow client cannot stall the daemon.
+GET /health, GET /ready (JSON) and GET /metrics (Prometheus text). The handlers only read
+shared state, and the database work they do (the /ready ping, the heads behind /metrics)
+goes through a pool the poll loop does not use, so a slow client cannot stall the daemon.
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ class LoopState:
 
 
 class HealthServer:
-    """Serves /health (the loop iterated recently) and /ready (database + partitions)."""
+    """Serves /health (the loop iterated recently), /ready (database + partitions), /metrics."""
 
     def __init__(
         self, host: str, port: int, state: LoopState, liveness_timeout_s: float,
-        database_ok: Callable[[], bool],
+        database_ok: Callable[[], bool], metrics: Callable[[], tuple[bytes, str]],
     ):
         self.state = state
         self.liveness_timeout_s = liveness_timeout_s
         self.database_ok = database_ok
+        self.metrics = metrics
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -89,7 +91,11 @@ class HealthServer:
             }
 
             def do_GET(self) -> None:
-                route = self.routes.get(self.path.split("?", 1)[0])
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send_bytes(200, *server.metrics())
+                    return
+                route = self.routes.get(path)
                 if route is None:
                     self._send(404, {"error": "not found"})
                     return
@@ -97,9 +103,11 @@ class HealthServer:
                 self._send(status, body)
 
             def _send(self, status: int, body: dict[str, Any]) -> None:
-                payload = json.dumps(body).encode()
+                self._send_bytes(status, json.dumps(body).encode(), "application/json")
+
+            def _send_bytes(self, status: int, payload: bytes, content_type: str) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

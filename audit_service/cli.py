@@ -6,10 +6,13 @@ error, 3 unexpected internal error (a bug: the traceback is logged).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,7 +108,19 @@ def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
         poll_timeout_ms: int | None, health_host: str | None, health_port: int | None,
         log_level: str | None, log_format: str | None, max_batches: int | None,
         exit_when_idle: bool) -> None:
-    """Run the daemon: consume, chain, store; stops cleanly on SIGTERM/SIGINT."""
+    """Run the daemon: consume, chain, store; stops cleanly on SIGTERM/SIGINT.
+
+    \b
+    Tuning knobs (see bench/README.md for measurements):
+      --batch-size N       at most N messages per poll, chained in ONE transaction
+                           (default 2000). Larger batches amortise locking, COPY and
+                           commit (throughput); memory holds at most two batches.
+      --poll-timeout-ms N  the longest a poll waits (default 500). Whatever a poll
+                           returns is committed at once, so a quiet stream is stored
+                           within about this long however large the batch size.
+      in-flight batches    fixed at one: batch N+1 is polled and validated while batch
+                           N commits. A second would only queue on N's row locks.
+    """
     from audit_service.daemon import Daemon, RunLimits, StopSignal
     from audit_service.logs import configure_logging
 
@@ -183,39 +198,280 @@ def check_config(ctx: Context, database_url: str | None, bootstrap_servers: str 
     click.echo("check-config: OK")
 
 
-@main.command()
-@_database_option
-@click.option("--tenant", help="Verify only this tenant (default: every tenant).")
-@guarded
-def verify(ctx: Context, database_url: str | None, tenant: str | None) -> None:
-    """Recompute every hash and link from PostgreSQL; exit 1 on the first break."""
+def _hex_hash(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (len(value) != 64 or set(value) - set("0123456789abcdef")):
+        raise click.BadParameter("expected a record_hash: 64 lowercase hexadecimal characters")
+    return value
+
+
+@contextmanager
+def _reader(ctx: Context, database_url: str | None) -> Iterator[Any]:
+    """An AuditReader on the configured database, checked reachable, disposed afterwards."""
     from audit_service.db import check_connection, create_db_engine
-    from audit_service.errors import ConfigurationError
     from audit_service.reader import AuditReader
-    from audit_service.verification import verify_database
 
     settings = ctx.settings(database_url=database_url)
     engine = create_db_engine(settings.database_url)
-    check_connection(engine)
-    reader = AuditReader(engine)
-    tenants = records = broken = 0
-    for result in verify_database(reader, tenant):
-        if tenant is not None and result.records_checked == 0 and result.valid:
-            raise ConfigurationError(f"tenant {tenant!r} has no records")
-        tenants += 1
+    try:
+        check_connection(engine)
+        yield AuditReader(engine)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _progress_bar(total: int) -> Iterator[Any]:
+    """A records bar on stderr when it is a terminal; None otherwise (logs, pipes, CI)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit=" records", unit_scale=True, file=sys.stderr,
+              leave=False, dynamic_ncols=True) as bar:
+        yield bar
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    from audit_service.export_verify import break_summary
+
+    return {
+        "tenant_id": result.tenant_id, "valid": result.valid,
+        "records_checked": result.records_checked, "first_sequence": result.first_sequence,
+        "last_sequence": result.last_sequence, "last_hash": result.last_hash,
+        "break": None if result.first_break is None else break_summary(result.first_break),
+    }
+
+
+def _verify_files(files: tuple[str, ...], expect_previous: str | None,
+                  expect_head: str | None, as_json: bool) -> None:
+    """Offline: no configuration is read and no database is contacted."""
+    from audit_service.chain import BREAK_HEAD
+    from audit_service.export_verify import verify_export_file
+
+    started = time.monotonic()
+    reports, records, broken = [], 0, 0
+    for path in files:
+        result = verify_export_file(path, expect_previous=expect_previous,
+                                    expect_head=expect_head)
         records += result.records_checked
-        if result.valid:
-            click.echo(f"{result.tenant_id}: OK, {result.records_checked} records, head "
-                       f"{result.last_sequence} {(result.last_hash or '')[:16]}")
-        else:
+        reports.append({"file": path, **_result_json(result)})
+        if result.first_break is not None:
             broken += 1
-            assert result.first_break is not None
-            click.echo(f"{result.tenant_id}: BROKEN: {result.first_break.describe()}")
-    engine.dispose()
+            where = ("at the end" if result.first_break.kind == BREAK_HEAD
+                     else f"at line {result.first_break.position}")
+            line = f"{path}: BROKEN {where}: {result.first_break.describe()}"
+        else:
+            line = (f"{path}: OK, tenant {result.tenant_id}, {result.records_checked} records, "
+                    f"sequences {result.first_sequence}..{result.last_sequence}, "
+                    f"last record_hash {result.last_hash}")
+        if not as_json:
+            click.echo(line)
+    seconds = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({"ok": not broken, "files": reports, "records": records,
+                               "broken": broken, "duration_s": round(seconds, 3)}, indent=2))
+    elif broken:
+        click.echo(f"verify: FAILED, {broken} of {len(files)} files broken", err=True)
+    else:
+        click.echo(f"verify: OK, {len(files)} file{'s' if len(files) > 1 else ''}, "
+                   f"{records} records intact in {seconds:.1f}s")
+        if expect_previous is None and any(r["first_sequence"] for r in reports):
+            click.echo("note: without --expect-previous, records before the first line are "
+                       "not checked (pass 64 zeros to insist on a complete chain)", err=True)
+        if expect_head is None:
+            click.echo("note: only --expect-head (a record_hash you trust) proves that no "
+                       "records were cut off the end", err=True)
     if broken:
-        click.echo(f"verify: FAILED, {broken} of {tenants} chains broken", err=True)
         sys.exit(1)
-    click.echo(f"verify: OK, {tenants} chains, {records} records intact")
+
+
+def _verify_database(ctx: Context, database_url: str | None, tenant: str | None,
+                     from_seq: int, to_seq: int | None, jobs: int, as_json: bool) -> None:
+    from audit_service.errors import ConfigurationError
+    from audit_service.reader import WHOLE_CHAIN, SequenceRange
+    from audit_service.verification import plan, verify_tasks
+
+    scope = SequenceRange(from_seq, to_seq)
+    started = time.monotonic()
+    reports, records, broken = [], 0, 0
+    with _reader(ctx, database_url) as reader:
+        tasks = plan(reader, tenant, scope)
+        if tenant is not None and not tasks:
+            where = "" if scope == WHOLE_CHAIN else f" in {scope.describe()}"
+            raise ConfigurationError(f"tenant {tenant!r} has no records{where}")
+        with _progress_bar(sum(task.expected_records for task in tasks)) as bar:
+            echo = bar.write if bar is not None else click.echo
+            progress = bar.update if bar is not None else None
+            for result in verify_tasks(reader, tasks, jobs=jobs, progress=progress,
+                                       record=True):
+                records += result.records_checked
+                reports.append(_result_json(result))
+                if result.first_break is not None:
+                    broken += 1
+                    line = f"{result.tenant_id}: BROKEN: {result.first_break.describe()}"
+                elif scope == WHOLE_CHAIN:
+                    line = (f"{result.tenant_id}: OK, {result.records_checked} records, head "
+                            f"{result.last_sequence} {(result.last_hash or '')[:16]}")
+                else:
+                    line = (f"{result.tenant_id}: OK, {result.records_checked} records, "
+                            f"sequences {result.first_sequence}..{result.last_sequence}")
+                if not as_json:
+                    echo(line)
+    seconds = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({
+            "ok": not broken, "chains": len(reports), "broken": broken, "records": records,
+            "duration_s": round(seconds, 3), "records_per_s": round(records / seconds),
+            "tenants": reports,
+        }, indent=2))
+    elif broken:
+        click.echo(f"verify: FAILED, {broken} of {len(reports)} chains broken", err=True)
+    else:
+        click.echo(f"verify: OK, {len(reports)} chains, {records} records intact "
+                   f"in {seconds:.1f}s ({records / seconds:,.0f} records/s)")
+    if broken:
+        sys.exit(1)
+
+
+@main.command()
+@_database_option
+@click.option("--tenant", help="Verify only this tenant (default: every tenant).")
+@click.option("--from-seq", type=click.IntRange(min=0), default=0,
+              help="First sequence to verify; it must link to its stored predecessor.")
+@click.option("--to-seq", type=click.IntRange(min=0),
+              help="Last sequence to verify (default: through the recorded head).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Verify this many tenants at once, in separate processes.")
+@click.option("--file", "files", multiple=True,
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="Verify an export offline instead (no database, no configuration); "
+                   "repeatable; - reads stdin.")
+@click.option("--expect-previous", callback=_hex_hash, metavar="HASH",
+              help="With --file: the record_hash the first record must link to.")
+@click.option("--expect-head", callback=_hex_hash, metavar="HASH",
+              help="With --file: the record_hash the last record must have.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary.")
+@guarded
+def verify(ctx: Context, database_url: str | None, tenant: str | None, from_seq: int,
+           to_seq: int | None, jobs: int, files: tuple[str, ...],
+           expect_previous: str | None, expect_head: str | None, as_json: bool) -> None:
+    """Recompute every hash and link, from PostgreSQL or (--file) an export; exit 1 on a break.
+
+    From PostgreSQL each tenant's recorded head must be its last record, and every tenant
+    run is recorded in audit_verification_log.
+    """
+    from audit_service.errors import ConfigurationError
+
+    if to_seq is not None and to_seq < from_seq:
+        raise ConfigurationError("--to-seq must not be below --from-seq")
+    if not files:
+        if expect_previous or expect_head:
+            raise ConfigurationError("--expect-previous and --expect-head need --file")
+        _verify_database(ctx, database_url, tenant, from_seq, to_seq, jobs, as_json)
+        return
+    database_only = {"--database-url": database_url, "--tenant": tenant,
+                     "--from-seq": from_seq or None, "--to-seq": to_seq,
+                     "--jobs": jobs if jobs != 1 else None}
+    given = [name for name, value in database_only.items() if value is not None]
+    if given:
+        raise ConfigurationError(f"--file verifies an export as it is; drop {', '.join(given)}")
+    if len(files) > 1 and (expect_previous or expect_head):
+        raise ConfigurationError("--expect-previous and --expect-head need a single --file")
+    _verify_files(files, expect_previous, expect_head, as_json)
+
+
+@main.command()
+@_database_option
+@click.option("--tenant", required=True, help="The tenant whose chain to export.")
+@click.option("--from-seq", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--to-seq", type=click.IntRange(min=0), help="Default: the last record.")
+@click.option("--output", "-o", help="File to create (never overwritten); - for stdout. "
+                                     "Default: TENANT.jsonl")
+@guarded
+def export(ctx: Context, database_url: str | None, tenant: str, from_seq: int,
+           to_seq: int | None, output: str | None) -> None:
+    """Write a tenant's records as JSON Lines, exactly as hashed, for offline `verify --file`."""
+    from audit_service.errors import ConfigurationError
+    from audit_service.export import export_tenant
+    from audit_service.reader import SequenceRange
+
+    if to_seq is not None and to_seq < from_seq:
+        raise ConfigurationError("--to-seq must not be below --from-seq")
+    target = output or f"{tenant}.jsonl"
+    with _reader(ctx, database_url) as reader:
+        summary = export_tenant(reader, tenant, target, SequenceRange(from_seq, to_seq))
+        predecessor = reader.record_hash_at(tenant, from_seq - 1) if from_seq else None
+    anchor = f" --expect-previous {predecessor}" if predecessor else ""
+    click.echo(
+        f"exported {summary.records} records of {tenant} (sequences {summary.first_sequence}.."
+        f"{summary.last_sequence}) to {'stdout' if target == '-' else target}\n"
+        f"last record_hash {summary.last_hash}\n"
+        f"check it offline: audit-service verify --file {target}{anchor} "
+        f"--expect-head {summary.last_hash}", err=True)
+
+
+@main.command()
+@_database_option
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers, comma-separated.")
+@click.option("--topic", help="Topic (default: the configured one).")
+@click.option("--group", help="Consumer group (default: the configured one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@guarded
+def status(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
+           topic: str | None, group: str | None, as_json: bool) -> None:
+    """Per tenant and per partition: where the chains, offsets, lag and verification stand."""
+    from audit_service.status import collect_status, render_status
+
+    settings = ctx.settings(database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
+                            kafka_topic=topic, consumer_group=group)
+    with _reader(ctx, settings.database_url) as reader:
+        report = collect_status(settings, reader)
+    click.echo(json.dumps(report.as_json(), indent=2) if as_json else render_status(report))
+
+
+@main.group()
+def rejects() -> None:
+    """Browse quarantined messages (audit_rejected_events)."""
+
+
+@rejects.command("list")
+@_database_option
+@click.option("--tenant", help="Only messages whose payload named this tenant.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@guarded
+def rejects_list(ctx: Context, database_url: str | None, tenant: str | None, limit: int,
+                 as_json: bool) -> None:
+    """The newest rejected messages: id, time, coordinates, tenant, size and reason."""
+    from audit_service.rejects import event_json, render_list
+
+    with _reader(ctx, database_url) as reader:
+        events = reader.rejections(limit, tenant)
+    if as_json:
+        for event in events:
+            click.echo(json.dumps(event_json(event, with_bytes=False)))
+    else:
+        click.echo(render_list(events))
+
+
+@rejects.command("show")
+@_database_option
+@click.argument("rejection_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, raw bytes in base64.")
+@guarded
+def rejects_show(ctx: Context, database_url: str | None, rejection_id: int,
+                 as_json: bool) -> None:
+    """One rejected message in full: reason, coordinates and its raw bytes, escaped."""
+    from audit_service.errors import ConfigurationError
+    from audit_service.rejects import event_json, render_event
+
+    with _reader(ctx, database_url) as reader:
+        event = reader.rejection(rejection_id)
+    if event is None:
+        raise ConfigurationError(f"no rejected event with id {rejection_id}")
+    click.echo(json.dumps(event_json(event, with_bytes=True), indent=2) if as_json
+               else render_event(event))
 
 
 @main.command()

@@ -1,7 +1,13 @@
 """The daemon: a poll loop you can read top to bottom.
 
-    stop requested? -> poll -> commit the batch to PostgreSQL -> commit offsets to Kafka
+    stop requested? -> poll and validate batch N+1 -> wait for batch N's PostgreSQL
+    commit -> commit N's offsets to Kafka -> hand N+1 to the committer thread
     -> mark alive (health state, systemd watchdog, lag gauges)
+
+At most one batch is in flight, and batches commit strictly in poll order, so the
+pipeline changes nothing about the transaction boundaries, the locking or the rule that
+the database commits before Kafka; it only lets polling and validation (Python) overlap
+the COPY and the commit (PostgreSQL).
 
 Transient failures (database restarting, deadlock, broker away) back off and retry the
 same batch; the loop never skips ahead. Anything unexpected propagates, is logged by the
@@ -17,14 +23,22 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit_service.batch import BatchOutcome, ConsumedMessage, commit_batch
+from audit_service.batch import (
+    BatchOutcome,
+    ConsumedMessage,
+    PreparedBatch,
+    commit_prepared,
+    prepare_batch,
+)
 from audit_service.config import Settings
 from audit_service.consumer import AuditConsumer
 from audit_service.db import check_connection, create_db_engine
@@ -52,6 +66,14 @@ class RunLimits:
 
     max_batches: int | None = None
     exit_when_idle: bool = False
+
+
+@dataclass
+class InFlight:
+    """The batch the committer thread is working on."""
+
+    batch: PreparedBatch
+    result: Future[BatchOutcome]
 
 
 @dataclass
@@ -139,25 +161,25 @@ class Daemon:
                 consumer.pause()
             self._mark_alive(consumer)
 
+    def _commit(self, batch: PreparedBatch) -> BatchOutcome:
+        """One batch transaction, timed (runs on the committer thread)."""
+        started = time.monotonic()
+        outcome = commit_prepared(self.engine, batch, self.settings.consumer_group)
+        self.metrics.observe_transaction(time.monotonic() - started)
+        return outcome
+
     def _commit_with_retry(
-        self, consumer: AuditConsumer, batch: list[ConsumedMessage]
+        self, consumer: AuditConsumer, batch: PreparedBatch, failure: TransientError
     ) -> BatchOutcome | None:
-        """Commit the batch, retrying transient failures; None if stopped before success."""
+        """Retry a batch whose commit failed transiently; None if stopped before success."""
         backoff = BACKOFF_INITIAL_S
         paused = False
         try:
             while True:
-                started = time.monotonic()
-                try:
-                    outcome = commit_batch(
-                        self.engine, batch, self.settings.consumer_group, self.limits
-                    )
-                    self.metrics.observe_transaction(time.monotonic() - started)
-                    return outcome
-                except TransientError as exc:
-                    self.metrics.count_retry(RETRY_DATABASE)
-                    log.warning("batch failed, will retry", extra={
-                        "error": str(exc), "retry_in_s": backoff, "messages": len(batch)})
+                self.metrics.count_retry(RETRY_DATABASE)
+                log.warning("batch failed, will retry", extra={
+                    "error": str(failure), "retry_in_s": backoff,
+                    "messages": len(batch.messages)})
                 if not paused:
                     consumer.pause()
                     paused = True
@@ -166,6 +188,10 @@ class Daemon:
                     log.info("stopping with an uncommitted batch; it will be redelivered")
                     return None
                 backoff = min(backoff * 2, self.settings.retry_max_backoff_s)
+                try:
+                    return self._commit(batch)
+                except TransientError as exc:
+                    failure = exc
         finally:
             if paused:
                 consumer.resume()
@@ -179,7 +205,22 @@ class Daemon:
             self.stop.event.wait(BACKOFF_INITIAL_S)
             return []
 
-    def _record(self, outcome: BatchOutcome, batch: list[ConsumedMessage]) -> None:
+    def _finish(self, consumer: AuditConsumer, in_flight: InFlight) -> bool:
+        """Wait for the in-flight commit, then commit its offsets to Kafka.
+
+        False when it could not be committed before a stop request (it is redelivered).
+        """
+        try:
+            outcome: BatchOutcome | None = in_flight.result.result()
+        except TransientError as exc:
+            outcome = self._commit_with_retry(consumer, in_flight.batch, exc)
+        if outcome is None:
+            return False
+        consumer.commit(outcome.next_offsets)
+        self._record(outcome, in_flight.batch.messages)
+        return True
+
+    def _record(self, outcome: BatchOutcome, batch: Sequence[ConsumedMessage]) -> None:
         self.totals.batches += 1
         self.totals.chained += outcome.chained
         self.totals.duplicates += outcome.duplicates
@@ -222,20 +263,27 @@ class Daemon:
         return health
 
     def _loop(self, consumer: AuditConsumer, limits: RunLimits) -> None:
-        """Poll -> commit to PostgreSQL -> commit to Kafka -> mark alive, until stopped."""
-        while not self.stop.event.is_set():
-            batch = self._poll(consumer)
-            if batch:
-                outcome = self._commit_with_retry(consumer, batch)
-                if outcome is None:
+        """Poll and validate N+1 -> finish N (DB, then Kafka) -> submit N+1, until stopped."""
+        submitted = 0
+        in_flight: InFlight | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="committer") as committer:
+            while not self.stop.event.is_set():
+                if limits.max_batches is not None and submitted >= limits.max_batches:
+                    break
+                batch = self._poll(consumer)
+                prepared = prepare_batch(batch, self.limits, datetime.now(UTC)) if batch else None
+                if in_flight is not None:
+                    if not self._finish(consumer, in_flight):
+                        return
+                    in_flight = None
+                if prepared is not None:
+                    in_flight = InFlight(prepared, committer.submit(self._commit, prepared))
+                    submitted += 1
+                self._mark_alive(consumer)
+                if limits.exit_when_idle and in_flight is None and consumer.caught_up():
                     return
-                consumer.commit(outcome.next_offsets)
-                self._record(outcome, batch)
-            self._mark_alive(consumer)
-            if limits.max_batches is not None and self.totals.batches >= limits.max_batches:
-                return
-            if limits.exit_when_idle and not batch and consumer.caught_up():
-                return
+            if in_flight is not None:
+                self._finish(consumer, in_flight)
 
     def run(self, limits: RunLimits | None = None) -> RunTotals:
         """Run until stopped (signal, max_batches, or idle when asked); returns the totals."""

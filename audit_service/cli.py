@@ -274,7 +274,7 @@ def _verify_files(files: tuple[str, ...], expect_previous: str | None,
     elif broken:
         click.echo(f"verify: FAILED, {broken} of {len(files)} files broken", err=True)
     else:
-        click.echo(f"verify: OK, {len(files)} file{'s' if len(files) > 1 else ''}, "
+        click.echo(f"verify: OK, {len(files)} file{'s' if len(files) != 1 else ''}, "
                    f"{records} records intact in {seconds:.1f}s")
         if expect_previous is None and any(r["first_sequence"] for r in reports):
             click.echo("note: without --expect-previous, records before the first line are "
@@ -300,11 +300,15 @@ def _verify_database(ctx: Context, database_url: str | None, tenant: str | None,
         if tenant is not None and not tasks:
             where = "" if scope == WHOLE_CHAIN else f" in {scope.describe()}"
             raise ConfigurationError(f"tenant {tenant!r} has no records{where}")
+        record = reader.can_record_verifications()
+        if not record:
+            click.echo("note: this login may not write audit_verification_log (a read-only "
+                       "auditor): the run is not recorded", err=True)
         with _progress_bar(sum(task.expected_records for task in tasks)) as bar:
             echo = bar.write if bar is not None else click.echo
             progress = bar.update if bar is not None else None
             for result in verify_tasks(reader, tasks, jobs=jobs, progress=progress,
-                                       record=True):
+                                       record=record):
                 records += result.records_checked
                 reports.append(_result_json(result))
                 if result.first_break is not None:
@@ -328,8 +332,9 @@ def _verify_database(ctx: Context, database_url: str | None, tenant: str | None,
     elif broken:
         click.echo(f"verify: FAILED, {broken} of {len(reports)} chains broken", err=True)
     else:
-        click.echo(f"verify: OK, {len(reports)} chains, {records} records intact "
-                   f"in {seconds:.1f}s ({records / seconds:,.0f} records/s)")
+        click.echo(f"verify: OK, {len(reports)} chain{'s' if len(reports) != 1 else ''}, "
+                   f"{records} records intact in {seconds:.1f}s "
+                   f"({records / seconds:,.0f} records/s)")
     if broken:
         sys.exit(1)
 

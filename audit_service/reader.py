@@ -1,24 +1,130 @@
 """Read-only queries: what the verifier, the offset lookup and operator commands need.
 
 It never imports the write path (store, batch): verifying a chain must not depend on the
-code that wrote it.
+code that wrote it. Records are read with Core rows on a server-side cursor, never ORM
+objects: the verifier and `export` stream millions of them in constant memory.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Text, cast, func, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
-from audit_service.chain import ChainHead
+from audit_service.chain import HASHED_FIELDS, ChainHead
 from audit_service.db import translated_errors
-from audit_service.models import AuditChainState, AuditConsumerOffset, AuditRecord
-from audit_service.record_mapping import record_from_row
+from audit_service.models import (
+    AuditChainState,
+    AuditConsumerOffset,
+    AuditRecord,
+    AuditRejectedEvent,
+    AuditVerificationLog,
+)
 
 STREAM_CHUNK_ROWS = 2000
 """Rows fetched per round trip by the server-side cursor while streaming a chain."""
+
+HASHED_TIMESTAMP_FORMAT: Final = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+"""to_char() pattern of `chain.format_timestamp` (applied to the UTC time), so the rendering
+is done by the server instead of per row in Python; any divergence would surface as a hash
+mismatch, never as a false pass."""
+
+_JSONB_FIELDS: Final = frozenset({"context", "decision", "outcome"})
+_RECORD_FIELDS: Final = (*HASHED_FIELDS, "record_hash")
+
+
+def _hashed_column(field: str) -> ColumnElement[Any]:
+    """The column as text where that is cheaper to turn into the hashed value than the
+    driver's type (JSONB via json.loads, timestamps rendered server-side, uuid as text)."""
+    column = AuditRecord.__table__.c[field]
+    if field in ("timestamp", "ingested_at"):
+        utc = func.timezone("UTC", column)
+        return func.to_char(utc, HASHED_TIMESTAMP_FORMAT).label(field)
+    if field == "audit_id" or field in _JSONB_FIELDS:
+        return cast(column, Text).label(field)
+    return column
+
+
+_RECORD_COLUMNS: Final = tuple(_hashed_column(field) for field in _RECORD_FIELDS)
+_JSONB_INDEXES: Final = tuple(i for i, f in enumerate(_RECORD_FIELDS) if f in _JSONB_FIELDS)
+
+
+def _record(row: Sequence[Any]) -> dict[str, Any]:
+    """The hashed dict plus record_hash, exactly as it was hashed when chained."""
+    values = list(row)
+    for index in _JSONB_INDEXES:
+        values[index] = json.loads(values[index])
+    return dict(zip(_RECORD_FIELDS, values, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceRange:
+    """Sequences `first` up to `last` (None: up to the end of the chain)."""
+
+    first: int = 0
+    last: int | None = None
+
+    def describe(self) -> str:
+        return f"sequences {self.first}..{'' if self.last is None else self.last}"
+
+
+WHOLE_CHAIN: Final = SequenceRange()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantOverview:
+    """A tenant as `status` shows it: the recorded head and how many records exist."""
+
+    tenant_id: str
+    last_sequence: int | None
+    last_hash: str | None
+    last_timestamp: datetime | None
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRun:
+    """The latest row of `audit_verification_log` for one tenant."""
+
+    tenant_id: str
+    valid: bool
+    records_checked: int
+    started_at: datetime
+    errors: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    """A quarantined message; raw bytes are loaded only by `AuditReader.rejection`."""
+
+    id: int
+    rejected_at: datetime
+    consumer_group: str
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp: datetime | None
+    tenant_id: str | None
+    audit_id: str | None
+    reason: str
+    value_size: int | None
+    raw_key: bytes | None = None
+    raw_value: bytes | None = None
+
+
+_REJECT_SUMMARY_COLUMNS: Final = (
+    AuditRejectedEvent.id, AuditRejectedEvent.rejected_at, AuditRejectedEvent.consumer_group,
+    AuditRejectedEvent.topic, AuditRejectedEvent.partition, AuditRejectedEvent.offset,
+    AuditRejectedEvent.kafka_timestamp, AuditRejectedEvent.tenant_id,
+    AuditRejectedEvent.audit_id, AuditRejectedEvent.reason,
+    func.octet_length(AuditRejectedEvent.raw_value),
+)
 
 
 class AuditReader:
@@ -27,16 +133,18 @@ class AuditReader:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def stored_offsets(self, group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
-        """The next offset per partition as committed in the database."""
+    def stored_offsets(
+        self, group: str, topic: str, partitions: Sequence[int] | None = None
+    ) -> dict[int, int]:
+        """The next offset per partition (all partitions when None) as committed in the
+        database."""
+        statement = select(AuditConsumerOffset.partition, AuditConsumerOffset.next_offset).where(
+            AuditConsumerOffset.consumer_group == group, AuditConsumerOffset.topic == topic
+        )
+        if partitions is not None:
+            statement = statement.where(AuditConsumerOffset.partition.in_(list(partitions)))
         with translated_errors("reading stored offsets"), Session(self.engine) as session:
-            rows = session.execute(
-                select(AuditConsumerOffset.partition, AuditConsumerOffset.next_offset).where(
-                    AuditConsumerOffset.consumer_group == group,
-                    AuditConsumerOffset.topic == topic,
-                    AuditConsumerOffset.partition.in_(list(partitions)),
-                )
-            ).all()
+            rows = session.execute(statement).all()
         return {partition: offset for partition, offset in rows}
 
     def heads(self) -> dict[str, ChainHead]:
@@ -65,18 +173,101 @@ class AuditReader:
         with translated_errors("counting records"), Session(self.engine) as session:
             return int(session.scalar(statement) or 0)
 
-    def iter_records(self, tenant_id: str) -> Iterator[dict[str, Any]]:
-        """One tenant's records in sequence order, streamed (constant memory)."""
+    def iter_records(
+        self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """One tenant's records (hashed dict plus record_hash) in sequence order, streamed
+        through a server-side cursor in one snapshot, in constant memory."""
+        table = AuditRecord.__table__
         statement = (
-            select(AuditRecord)
-            .where(AuditRecord.tenant_id == tenant_id)
-            .order_by(AuditRecord.sequence_number)
-            .execution_options(yield_per=STREAM_CHUNK_ROWS)
+            select(*_RECORD_COLUMNS)
+            .where(table.c.tenant_id == tenant_id, table.c.sequence_number >= from_sequence)
+            .order_by(table.c.sequence_number)
         )
+        if to_sequence is not None:
+            statement = statement.where(table.c.sequence_number <= to_sequence)
         with (
             translated_errors(f"reading records of tenant {tenant_id!r}"),
-            Session(self.engine) as session,
+            self.engine.connect() as connection,
         ):
-            for row in session.scalars(statement):
-                yield record_from_row(row)
-                session.expunge(row)
+            rows = connection.execution_options(
+                stream_results=True, yield_per=STREAM_CHUNK_ROWS
+            ).execute(statement)
+            for row in rows:
+                yield _record(row)
+
+    def record_hash_at(self, tenant_id: str, sequence_number: int) -> str | None:
+        """The stored record_hash of one record, or None when there is no such record."""
+        with translated_errors("reading a record hash"), Session(self.engine) as session:
+            return session.scalar(
+                select(AuditRecord.record_hash).where(
+                    AuditRecord.tenant_id == tenant_id,
+                    AuditRecord.sequence_number == sequence_number,
+                )
+            )
+
+    def tenant_overview(self) -> list[TenantOverview]:
+        """Every tenant with a head or records: its head and its actual record count."""
+        counts = (
+            select(AuditRecord.tenant_id, func.count().label("records"))
+            .group_by(AuditRecord.tenant_id)
+            .subquery()
+        )
+        state = AuditChainState.__table__
+        tenant = func.coalesce(state.c.tenant_id, counts.c.tenant_id)
+        statement = (
+            select(tenant, state.c.last_sequence, state.c.last_hash, state.c.last_timestamp,
+                   func.coalesce(counts.c.records, 0))
+            .select_from(state.outerjoin(counts, state.c.tenant_id == counts.c.tenant_id,
+                                         full=True))
+            .order_by(tenant)
+        )
+        with translated_errors("reading tenants"), Session(self.engine) as session:
+            rows = session.execute(statement).all()
+        return [TenantOverview(*row) for row in rows]
+
+    def rejected_count(self) -> int:
+        with translated_errors("counting rejected events"), Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(AuditRejectedEvent)) or 0)
+
+    def rejections(self, limit: int, tenant_id: str | None = None) -> list[RejectedEvent]:
+        """The newest quarantined messages first, without their raw bytes."""
+        statement = (
+            select(*_REJECT_SUMMARY_COLUMNS)
+            .order_by(AuditRejectedEvent.id.desc())
+            .limit(limit)
+        )
+        if tenant_id is not None:
+            statement = statement.where(AuditRejectedEvent.tenant_id == tenant_id)
+        with translated_errors("listing rejected events"), Session(self.engine) as session:
+            return [RejectedEvent(*row) for row in session.execute(statement)]
+
+    def rejection(self, rejection_id: int) -> RejectedEvent | None:
+        """One quarantined message with its raw key and value bytes."""
+        statement = select(
+            *_REJECT_SUMMARY_COLUMNS, AuditRejectedEvent.raw_key, AuditRejectedEvent.raw_value
+        ).where(AuditRejectedEvent.id == rejection_id)
+        with translated_errors("reading a rejected event"), Session(self.engine) as session:
+            row = session.execute(statement).one_or_none()
+        return None if row is None else RejectedEvent(*row)
+
+    def can_record_verifications(self) -> bool:
+        """Whether this login may append to audit_verification_log (a read-only auditor,
+        member of audit_reader, may not: its runs are simply not recorded)."""
+        statement = text(
+            "SELECT has_table_privilege('audit_verification_log', 'INSERT') "
+            "AND has_sequence_privilege('audit_verification_log_id_seq', 'USAGE')"
+        )
+        with translated_errors("checking privileges"), Session(self.engine) as session:
+            return bool(session.scalar(statement))
+
+    def latest_verifications(self) -> dict[str, VerificationRun]:
+        """Each tenant's most recent row in audit_verification_log (rows are appended as runs
+        finish, so the highest id is the latest)."""
+        log = AuditVerificationLog
+        latest = select(func.max(log.id)).group_by(log.tenant_id)
+        statement = select(
+            log.tenant_id, log.valid, log.records_checked, log.started_at, log.errors
+        ).where(log.id.in_(latest))
+        with translated_errors("reading the verification log"), Session(self.engine) as session:
+            return {row[0]: VerificationRun(*row) for row in session.execute(statement)}

@@ -1,0 +1,92 @@
+"""Export one tenant's chain as JSON Lines, for verification without this service.
+
+Each line is the record exactly as it was hashed plus its `record_hash`, serialised the way
+the hash input is (sorted keys, no spaces, ASCII escapes), in sequence order. So the line
+with its `"record_hash":"...",` member removed is byte for byte the text that was hashed,
+and any JSON reader (jq, any language) can consume it: no header, no trailer. The line
+format lives with its verifier (`export_verify.export_line`), which needs no database.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from audit_service.errors import ConfigurationError
+from audit_service.export_verify import export_line
+from audit_service.reader import WHOLE_CHAIN, AuditReader, SequenceRange
+
+STDOUT = "-"
+
+@dataclass(frozen=True, slots=True)
+class ExportSummary:
+    """What was written: an auditor keeps `last_hash` to detect a later truncation."""
+
+    tenant_id: str
+    records: int
+    first_sequence: int | None
+    last_sequence: int | None
+    last_hash: str | None
+
+
+def write_export(
+    reader: AuditReader, tenant_id: str, out: TextIO, scope: SequenceRange = WHOLE_CHAIN
+) -> ExportSummary:
+    """Stream the tenant's records in `scope` to `out` (constant memory, one snapshot)."""
+    count = 0
+    first = last = None
+    last_hash = None
+    for record in reader.iter_records(tenant_id, scope.first, scope.last):
+        out.write(export_line(record))
+        count += 1
+        if first is None:
+            first = record["sequence_number"]
+        last, last_hash = record["sequence_number"], record["record_hash"]
+    return ExportSummary(tenant_id, count, first, last, last_hash)
+
+
+@contextmanager
+def _output(path: str) -> Iterator[TextIO]:
+    """stdout for "-"; otherwise a new file that appears only once complete, so a failed
+    export never leaves a shorter file that would still verify."""
+    if path == STDOUT:
+        try:
+            yield sys.stdout
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): keep Python from failing again at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise ConfigurationError("stdout was closed before the export completed") from None
+        return
+    target = Path(path)
+    if target.exists():
+        raise ConfigurationError(f"{target} already exists; choose another --output")
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with partial.open("w", encoding="ascii", newline="\n") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.rename(target)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {target}: {exc.strerror}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def export_tenant(
+    reader: AuditReader, tenant_id: str, output: str, scope: SequenceRange = WHOLE_CHAIN
+) -> ExportSummary:
+    """Export to `output` ("-" for stdout); a tenant without records in `scope` is an error."""
+    with _output(output) as out:
+        summary = write_export(reader, tenant_id, out, scope)
+        if summary.records == 0:
+            raise ConfigurationError(
+                f"tenant {tenant_id!r} has no records in {scope.describe()}"
+            )
+    return summary

@@ -1,0 +1,229 @@
+"""The export line format and its offline verifier: no database, no configuration.
+
+Checks what `verify` checks in PostgreSQL (every hash, every link, a gap-free sequence,
+genesis when the export starts at 0) and, when given, the first record's link to a
+trusted predecessor hash and the last record against a trusted head hash: only an anchor
+held outside the file can reveal that its tail was cut off.
+
+An export line is the record's canonical JSON (`export_line`): the hashed text with the
+`"record_hash":"<hex>",` member inserted after the top-level previous_hash. Only that exact
+form is accepted, so changing any byte of a line fails.
+
+Most lines are accepted by a byte-level fast path: removing that member and hashing the
+rest checks the record without parsing it. A match proves the rest is exactly the text the
+writer hashed, hence canonical JSON, in which the last `,"previous_hash":"` and every key
+after it are top level (no object follows them, and a string cannot contain an unescaped
+quote), so the link, sequence and tenant read from those bytes are the record's own. A line
+the fast path does not accept (the first one, a reformatted or tampered one) gets the full
+check, which parses the record, runs `chain.verify_chain` and describes the break.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Final
+
+from audit_service.chain import (
+    BREAK_HEAD,
+    BREAK_MALFORMED,
+    HASHED_FIELDS,
+    ChainBreak,
+    VerificationResult,
+    verify_chain,
+)
+from audit_service.errors import ConfigurationError
+
+STDIN: Final = "-"
+READ_BUFFER_BYTES: Final = 1 << 20
+
+_RECORD_KEYS: Final = frozenset((*HASHED_FIELDS, "record_hash"))
+_PREVIOUS: Final = b',"previous_hash":"'
+_RECORD_HASH: Final = b'","record_hash":"'
+_HEX_LENGTH: Final = 64
+_EXPECTED_SHAPE: Final = "a JSON object with exactly the hashed fields and record_hash"
+
+_encode_line = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), check_circular=False
+).encode
+"""json.dumps(record, sort_keys=True, separators=(",", ":")); records come from JSON and
+cannot be circular, so the costly circularity check is skipped."""
+
+
+def export_line(record: Mapping[str, Any]) -> str:
+    """One export line: the hashed fields plus record_hash in canonical JSON, newline."""
+    return _encode_line(record) + "\n"
+
+
+class _Malformed(ValueError):
+    """A line that is not a record at all (not UTF-8, not JSON, wrong keys)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise _Malformed("duplicate key in a JSON object")
+    return record
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Malformed(f"{name} is not JSON")
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    """The record on one line, strictly: one object, no duplicate keys, no extra fields."""
+    try:
+        record = json.loads(
+            line.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant
+        )
+    except UnicodeDecodeError as exc:
+        raise _Malformed(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise _Malformed(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise _Malformed(f"a JSON {type(record).__name__}")
+    unexpected = sorted(set(record) - _RECORD_KEYS)
+    if unexpected:
+        raise _Malformed(f"unexpected fields {unexpected}")
+    return record
+
+
+def _accept_fast(
+    line: bytes, previous_hash: bytes, sequence_token: bytes, tenant_token: bytes
+) -> bytes | None:
+    """The line's record_hash if it is the canonical export of the expected next record."""
+    start = line.rfind(_PREVIOUS) + len(_PREVIOUS)
+    previous_end = start + _HEX_LENGTH
+    hash_start = previous_end + len(_RECORD_HASH)
+    hash_end = hash_start + _HEX_LENGTH
+    if (
+        start < len(_PREVIOUS)
+        or line[start:previous_end] != previous_hash
+        or line[previous_end:hash_start] != _RECORD_HASH
+        or line[hash_end:hash_end + 2] != b'",'
+        or line.find(sequence_token, hash_end) < 0
+        or line.find(tenant_token, hash_end) < 0
+    ):
+        return None
+    end = len(line) - 1 if line.endswith(b"\n") else len(line)
+    digest = hashlib.sha256(line[:previous_end + 2])
+    digest.update(line[hash_end + 2:end])
+    record_hash = line[hash_start:hash_end]
+    return record_hash if digest.hexdigest().encode() == record_hash else None
+
+
+def _sequence_token(sequence: int) -> bytes:
+    return b',"sequence_number":%d,"severity":' % sequence
+
+
+def _check_slowly(
+    line: bytes, tenant_id: str | None, sequence: int | None, previous_hash: str | None
+) -> dict[str, Any] | ChainBreak:
+    """Full check of one line (position 1 in the break); tenant and sequence None mean
+    "take them from the record" (the first line)."""
+    try:
+        record = _parse(line)
+    except _Malformed as exc:
+        return ChainBreak(tenant_id or "", None, BREAK_MALFORMED, _EXPECTED_SHAPE, str(exc), 1)
+    tenant = tenant_id if tenant_id is not None else record.get("tenant_id")
+    start = sequence if sequence is not None else record.get("sequence_number")
+    if not isinstance(tenant, str) or not isinstance(start, int) or start < 0:
+        return ChainBreak("", None, BREAK_MALFORMED, _EXPECTED_SHAPE,
+                          "no string tenant_id and sequence_number >= 0", 1)
+    result = verify_chain(tenant, [record], start_sequence=start,
+                          expected_previous_hash=previous_hash)
+    if result.first_break is not None:
+        return result.first_break
+    if line.removesuffix(b"\n") != export_line(record).encode()[:-1]:
+        return ChainBreak(tenant, start, BREAK_MALFORMED, "the canonical export line",
+                          "the record in another form (reformatted or edited)", 1)
+    return record
+
+
+def verify_export_lines(
+    lines: Iterable[bytes], *, expect_previous: str | None = None,
+    expect_head: str | None = None,
+) -> VerificationResult:
+    """Verify one tenant's export, line by line, in constant memory; breaks name the line.
+
+    `expect_previous`: the record_hash the first record must link to (for an export that
+    starts after genesis). `expect_head`: the record_hash the last record must have.
+    """
+    tenant: str | None = None
+    first = last = -1
+    last_hash = b""
+    sequence_token = tenant_token = b""
+    count = 0
+    for count, line in enumerate(lines, start=1):
+        if tenant is not None:
+            accepted = _accept_fast(line, last_hash, sequence_token, tenant_token)
+            if accepted is not None:
+                last, last_hash = last + 1, accepted
+                sequence_token = _sequence_token(last + 1)
+                continue
+            checked = _check_slowly(line, tenant, last + 1, last_hash.decode())
+        else:
+            checked = _check_slowly(line, None, None, expect_previous)
+        if isinstance(checked, ChainBreak):
+            return _result(tenant or "", count - 1, first, last, last_hash,
+                           dataclasses.replace(checked, position=count))
+        if tenant is None:
+            tenant, first = checked["tenant_id"], checked["sequence_number"]
+            tenant_token = b',"tenant_id":%s,"timestamp":' % json.dumps(tenant).encode()
+        last, last_hash = checked["sequence_number"], checked["record_hash"].encode()
+        sequence_token = _sequence_token(last + 1)
+    if tenant is None:
+        return _result("", 0, first, last, last_hash, ChainBreak(
+            "", None, BREAK_MALFORMED, "at least one record", "an empty file", 1))
+    head_break = None
+    if expect_head is not None and last_hash.decode() != expect_head:
+        head_break = ChainBreak(
+            tenant, None, BREAK_HEAD, f"last record_hash {expect_head}",
+            f"last record {last} (line {count}) with record_hash {last_hash.decode()}",
+            count + 1,
+        )
+    return _result(tenant, count, first, last, last_hash, head_break)
+
+
+def _result(
+    tenant: str, checked: int, first: int, last: int, last_hash: bytes,
+    chain_break: ChainBreak | None,
+) -> VerificationResult:
+    if not checked:
+        return VerificationResult(tenant, 0, None, None, None, chain_break)
+    return VerificationResult(tenant, checked, first, last, last_hash.decode(), chain_break)
+
+
+@contextmanager
+def _opened(path: str) -> Iterator[BinaryIO]:
+    if path == STDIN:
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(path, "rb", buffering=READ_BUFFER_BYTES)  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        yield handle
+
+
+def verify_export_file(
+    path: str, *, expect_previous: str | None = None, expect_head: str | None = None
+) -> VerificationResult:
+    """Verify the export at `path` ("-" for stdin); unreadable files are usage errors."""
+    with _opened(path) as handle:
+        try:
+            return verify_export_lines(
+                handle, expect_previous=expect_previous, expect_head=expect_head
+            )
+        except OSError as exc:
+            raise ConfigurationError(f"error reading {path}: {exc.strerror}") from exc
+
+
+def break_summary(chain_break: ChainBreak) -> dict[str, Any]:
+    """A break as JSON (for `--json` and the verification log), evidence included."""
+    return {**dataclasses.asdict(chain_break), "description": chain_break.describe()}

@@ -236,6 +236,20 @@ def commit_batch(
     )
 
 
+def move_stored_offset(
+    engine: Engine, consumer_group: str, topic: str, partition: int, expected: int, new: int
+) -> bool:
+    """Move one partition's stored offset from `expected` to `new` in its own committed
+    transaction; False when another instance changed it first.
+
+    The one sanctioned way an offset moves other than by a batch: batches skip every
+    message below the stored offset, so an offset left beyond a replaced log would skip the
+    new log's first events. The caller logs why (offset_policy) before calling this.
+    """
+    with translated_errors("moving a stored offset"), Session(engine) as session, session.begin():
+        return ChainStore(session, consumer_group, topic).move_offset(partition, expected, new)
+
+
 def _run_transaction(
     engine: Engine, batch: PreparedBatch, consumer_group: str,
     clock: Callable[[], datetime], *, isolate_rows: bool,

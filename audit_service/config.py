@@ -14,12 +14,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from audit_service.errors import ConfigurationError
 from audit_service.logs import LOG_FORMATS
+from audit_service.offset_policy import POLICIES as OFFSET_POLICIES
 
 INI_SECTION = "audit"
 ENV_PREFIX = "AUDIT_"
@@ -33,6 +42,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/audit"
+    database_password: SecretStr | None = None
+    database_password_file: str | None = None
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic: str = Field("audit.events", min_length=1, max_length=249)
     consumer_group: str = Field("aluskort.audit-service", min_length=1)
@@ -52,6 +63,39 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     log_format: str = "auto"
     metrics_max_tenants: int = Field(500, ge=0, le=10_000)
+    on_offset_out_of_range: str = "fail"
+    kafka_partitions: tuple[int, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_into_url(cls, data: Any) -> Any:
+        """Put a password kept out of the URL (a file, or AUDIT_DATABASE_PASSWORD) into it.
+
+        Secrets belong in a file only the service can read (or a systemd credential), not
+        in the ini file or a URL that tools echo; merging here means every engine gets it
+        and nothing else ever handles it. Errors never quote the password.
+        """
+        if not isinstance(data, dict):
+            return data
+        password, path = data.get("database_password"), data.get("database_password_file")
+        if not password and not path:
+            return data
+        if password and path:
+            raise ConfigurationError(
+                "set database_password or database_password_file, not both")
+        if path:
+            password = _read_password_file(str(path))
+        if isinstance(password, SecretStr):
+            password = password.get_secret_value()
+        try:
+            url = make_url(data.get("database_url", cls.model_fields["database_url"].default))
+        except ArgumentError:
+            return data  # _valid_database_url reports it
+        if url.password is not None and url.password != password:
+            raise ConfigurationError(
+                "database_url contains a different password; give it in one place only")
+        merged = url.set(password=password).render_as_string(hide_password=False)
+        return {**data, "database_url": merged}
 
     @field_validator("database_url")
     @classmethod
@@ -71,6 +115,29 @@ class Settings(BaseModel):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+    @field_validator("on_offset_out_of_range")
+    @classmethod
+    def _valid_offset_policy(cls, value: str) -> str:
+        policy = value.lower()
+        if policy not in OFFSET_POLICIES:
+            raise ValueError(f"must be one of {', '.join(OFFSET_POLICIES)}")
+        return policy
+
+    @field_validator("kafka_partitions", mode="before")
+    @classmethod
+    def _partition_list(cls, value: Any) -> Any:
+        """ini and environment give "0,2"; empty means: join the consumer group."""
+        if isinstance(value, str):
+            try:
+                value = tuple(int(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError("must be comma-separated partition numbers") from None
+        if any(not isinstance(p, int) or p < 0 for p in value):
+            raise ValueError("partition numbers must be >= 0")
+        if len(set(value)) != len(value):
+            raise ValueError("partition numbers must not repeat")
+        return tuple(sorted(value))
 
     @field_validator("log_format")
     @classmethod
@@ -97,6 +164,21 @@ class Settings(BaseModel):
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
             yield name, (self.redacted_database_url if name == "database_url" else value)
+
+
+def _read_password_file(path: str) -> str:
+    """The password in `path`, without the line ending editors and `echo` leave behind."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            password = handle.read().rstrip("\r\n")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigurationError(f"cannot read database password file {path}: {reason}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"database password file {path} is not UTF-8") from None
+    if not password:
+        raise ConfigurationError(f"database password file {path} is empty")
+    return password
 
 
 def setting_names() -> list[str]:

@@ -2,15 +2,20 @@
 
     stop requested? -> poll and validate batch N+1 -> wait for batch N's PostgreSQL
     commit -> commit N's offsets to Kafka -> hand N+1 to the committer thread
-    -> mark alive (health state, systemd watchdog, lag gauges)
+    -> place newly held partitions -> mark alive (health state, systemd watchdog, lag gauges)
 
 At most one batch is in flight, and batches commit strictly in poll order, so the
 pipeline changes nothing about the transaction boundaries, the locking or the rule that
 the database commits before Kafka; it only lets polling and validation (Python) overlap
 the COPY and the commit (PostgreSQL).
 
+A partition the consumer gains (or whose position the broker no longer holds) waits,
+paused, until the loop places it at the offset stored in PostgreSQL. That offset is read
+only when nothing polled is left uncommitted, and it is checked against the broker's log
+first: outside it, `on_offset_out_of_range` decides (see offset_policy).
+
 Transient failures (database restarting, deadlock, broker away) back off and retry the
-same batch; the loop never skips ahead. Anything unexpected propagates, is logged by the
+same work; the loop never skips ahead. Anything unexpected propagates, is logged by the
 CLI, and the process exits non-zero so systemd restarts it. systemd hears READY=1 once
 the database answered and partitions are assigned, WATCHDOG=1 while the loop turns, and
 STOPPING=1 on the way out.
@@ -23,11 +28,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import TypeVar
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +43,7 @@ from audit_service.batch import (
     ConsumedMessage,
     PreparedBatch,
     commit_prepared,
+    move_stored_offset,
     prepare_batch,
 )
 from audit_service.config import Settings
@@ -48,6 +55,7 @@ from audit_service.health import HealthServer, LoopState
 from audit_service.metrics import RETRY_BROKER, RETRY_DATABASE, ServiceMetrics
 from audit_service.migrations import ensure_schema_current
 from audit_service.notify import SystemdNotifier
+from audit_service.offset_policy import plan_starting_points
 from audit_service.reader import AuditReader
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,10 @@ SHUTDOWN_POLL_S = 0.2
 """Granularity at which a sleeping retry notices a stop request."""
 OBSERVER_STATEMENT_TIMEOUT_MS = 2000
 """Bound on the /ready ping and the /metrics heads query: a probe must answer promptly."""
+UNASSIGNED_WARNING_S = 30.0
+"""How long the loop runs without partitions before it says so (and how often it repeats)."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -130,6 +142,7 @@ class Daemon:
         self.metrics = ServiceMetrics(self._head_sequences, settings.metrics_max_tenants)
         self.notifier = SystemdNotifier()
         self._ready_notified = False
+        self._unassigned_since = time.monotonic()
 
     def _head_sequences(self) -> dict[str, int]:
         heads = AuditReader(self.observer_engine).heads()
@@ -168,30 +181,34 @@ class Daemon:
         self.metrics.observe_transaction(time.monotonic() - started)
         return outcome
 
-    def _commit_with_retry(
-        self, consumer: AuditConsumer, batch: PreparedBatch, failure: TransientError
-    ) -> BatchOutcome | None:
-        """Retry a batch whose commit failed transiently; None if stopped before success."""
+    def _retry(
+        self, consumer: AuditConsumer, what: str, cause: str, attempt: Callable[[], T],
+        failure: TransientError | None = None,
+    ) -> T | None:
+        """attempt() until it succeeds, backing off after each transient failure (`failure`:
+        one that already happened); None if a stop was requested first. Fetching is paused
+        meanwhile, the group membership kept."""
         backoff = BACKOFF_INITIAL_S
         paused = False
         try:
             while True:
-                self.metrics.count_retry(RETRY_DATABASE)
-                log.warning("batch failed, will retry", extra={
-                    "error": str(failure), "retry_in_s": backoff,
-                    "messages": len(batch.messages)})
+                if failure is None:
+                    try:
+                        return attempt()
+                    except TransientError as exc:
+                        failure = exc
+                self.metrics.count_retry(cause)
+                log.warning(f"{what} failed, will retry", extra={
+                    "error": str(failure), "retry_in_s": backoff})
                 if not paused:
                     consumer.pause()
                     paused = True
                 self._sleep(backoff, consumer)
                 if self.stop.event.is_set():
-                    log.info("stopping with an uncommitted batch; it will be redelivered")
+                    log.info(f"stopping before {what} succeeded; nothing was skipped")
                     return None
                 backoff = min(backoff * 2, self.settings.retry_max_backoff_s)
-                try:
-                    return self._commit(batch)
-                except TransientError as exc:
-                    failure = exc
+                failure = None
         finally:
             if paused:
                 consumer.resume()
@@ -213,11 +230,54 @@ class Daemon:
         try:
             outcome: BatchOutcome | None = in_flight.result.result()
         except TransientError as exc:
-            outcome = self._commit_with_retry(consumer, in_flight.batch, exc)
+            outcome = self._retry(
+                consumer, "batch", RETRY_DATABASE, lambda: self._commit(in_flight.batch), exc)
         if outcome is None:
             return False
         consumer.commit(outcome.next_offsets)
         self._record(outcome, in_flight.batch.messages)
+        return True
+
+    def _place_held(self, consumer: AuditConsumer) -> bool:
+        """Place every held partition at its stored offset, checked against the broker's
+        log (offset_policy); False if stopped first. Callers make sure no polled batch is
+        uncommitted, so the stored offsets are final."""
+        held = consumer.held()
+        partitions = sorted(held)
+        group, topic = self.settings.consumer_group, self.settings.kafka_topic
+        reader = AuditReader(self.engine)
+        stored = self._retry(consumer, "reading stored offsets", RETRY_DATABASE,
+                             lambda: reader.stored_offsets(group, topic, partitions))
+        if stored is None:
+            return False
+        measured = self._retry(consumer, "measuring the partitions' logs", RETRY_BROKER,
+                               lambda: consumer.measure(partitions))
+        if measured is None:
+            return False
+        points = plan_starting_points(topic, stored, measured,
+                                      self.settings.on_offset_out_of_range,
+                                      consumer.resumed_topic_id)
+        placed: dict[int, int] = {}
+        for partition, point in points.items():
+            if point.abandoned is not None:
+                log.error(f"{point.reason}; moving it to {point.offset}", extra={
+                    "partition": partition, "stored_offset": point.abandoned,
+                    "new_offset": point.offset,
+                    "policy": self.settings.on_offset_out_of_range})
+                moved = self._retry(
+                    consumer, "moving a stored offset", RETRY_DATABASE,
+                    lambda p=partition, old=point.abandoned, new=point.offset: (
+                        move_stored_offset(self.engine, group, topic, p, old, new)))
+                if moved is None:
+                    return False
+                if not moved:
+                    continue  # changed meanwhile: stays held, decided again next turn
+            if consumer.place(partition, point.offset, held[partition]):
+                placed[partition] = point.offset
+        if placed:
+            log.info("partitions placed", extra={"seek_to": placed, "stored": stored})
+        if not consumer.held():
+            consumer.resumed_topic_id = measured.topic_id or consumer.resumed_topic_id
         return True
 
     def _record(self, outcome: BatchOutcome, batch: Sequence[ConsumedMessage]) -> None:
@@ -239,12 +299,26 @@ class Daemon:
         """
         partitions = consumer.assigned_partitions()
         self.state.mark_alive(partitions)
+        self._warn_if_unassigned(partitions)
         if partitions and not self._ready_notified:
             self._ready_notified = True
             self.notifier.ready()
             log.info("ready", extra={"partitions": partitions})
         self.notifier.watchdog()
         self.metrics.set_lag(consumer.lag())
+
+    def _warn_if_unassigned(self, partitions: list[int]) -> None:
+        """Say so when no partition arrives (a missing topic is never auto-created)."""
+        now = time.monotonic()
+        if partitions:
+            self._unassigned_since = now
+        elif now - self._unassigned_since >= UNASSIGNED_WARNING_S:
+            log.warning("no partitions assigned: is the topic missing on the broker, or are "
+                        "there more instances than partitions?", extra={
+                            "topic": self.settings.kafka_topic,
+                            "group": self.settings.consumer_group,
+                            "for_s": round(now - self._unassigned_since)})
+            self._unassigned_since = now
 
     def _start_health_server(self) -> HealthServer | None:
         host, port = self.settings.health_host, self.settings.health_port
@@ -279,6 +353,13 @@ class Daemon:
                 if prepared is not None:
                     in_flight = InFlight(prepared, committer.submit(self._commit, prepared))
                     submitted += 1
+                if consumer.held():
+                    # The stored offsets are final only once nothing polled is uncommitted.
+                    if in_flight is not None and not self._finish(consumer, in_flight):
+                        return
+                    in_flight = None
+                    if not self._place_held(consumer):
+                        return
                 self._mark_alive(consumer)
                 if limits.exit_when_idle and in_flight is None and consumer.caught_up():
                     return
@@ -292,14 +373,8 @@ class Daemon:
         with self.engine.connect() as connection:
             ensure_schema_current(connection)
         health = self._start_health_server()
-        reader = AuditReader(self.engine)
         try:
-            consumer = AuditConsumer(
-                self.settings,
-                lambda partitions: reader.stored_offsets(
-                    self.settings.consumer_group, self.settings.kafka_topic, partitions
-                ),
-            )
+            consumer = AuditConsumer(self.settings)
         except BaseException:
             if health is not None:
                 health.stop()

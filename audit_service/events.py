@@ -25,6 +25,7 @@ MAX_NESTING_DEPTH: Final = 64
 """Deeper JSON is rejected: no real audit event needs it and it endangers every consumer."""
 
 _MAX_REASON_ERRORS: Final = 3
+_MAX_LOCATION_CHARS: Final = 128
 
 REJECTION_KINDS: Final = (
     "tombstone", "oversized", "encoding", "json", "not_object", "nul", "schema",
@@ -143,6 +144,10 @@ def _describe_errors(prefix: str, exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:_MAX_REASON_ERRORS]:
         location = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
+        # An unknown key is producer data: bound it and escape what would break the line.
+        location = location[:_MAX_LOCATION_CHARS]
+        if not location.isprintable():
+            location = repr(location)
         parts.append(f"{location or 'event'}: {error['msg']}")
     more = exc.error_count() - _MAX_REASON_ERRORS
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
@@ -234,7 +239,7 @@ def parse_event(
         ) from None
     if moment < EARLIEST_EVENT_TIME or moment > now + limits.max_clock_skew:
         raise EventRejected(
-            f"timestamp {wire.timestamp!r} is outside the accepted window "
+            f"timestamp {wire.timestamp[:64]!r} is outside the accepted window "
             f"({EARLIEST_EVENT_TIME:%Y-%m-%d} .. now + {limits.max_clock_skew})",
             wire.tenant_id, wire.audit_id, kind="timestamp",
         )

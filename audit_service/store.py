@@ -215,3 +215,22 @@ class ChainStore:
                         for partition, offset in sorted(next_offsets.items())
                     ],
                 )
+
+    def move_offset(self, partition: int, expected: int, new: int) -> bool:
+        """Set one partition's next offset if it is still `expected` (compare-and-set).
+
+        Only the out-of-range policy moves an offset this way (see offset_policy); False
+        when another instance changed the row first, so the caller decides again.
+        """
+        with translated_errors("moving a stored offset"):
+            result = self.session.execute(
+                update(AuditConsumerOffset)
+                .where(
+                    AuditConsumerOffset.consumer_group == self.consumer_group,
+                    AuditConsumerOffset.topic == self.topic,
+                    AuditConsumerOffset.partition == partition,
+                    AuditConsumerOffset.next_offset == expected,
+                )
+                .values(next_offset=new)
+            )
+        return result.rowcount == 1

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+import pytest
 from confluent_kafka import Producer
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
@@ -19,6 +32,8 @@ from audit_service.models import AuditRejectedEvent
 from audit_service.reader import AuditReader
 
 DAEMON_TIMEOUT_S = 90.0
+
+T = TypeVar("T")
 
 
 def wire_event(tenant_id: str, **fields: Any) -> dict[str, Any]:
@@ -112,3 +127,342 @@ def scalar(database_url: str, sql: str, **params: Any) -> Any:
             return connection.execute(text(sql), params).scalar()
     finally:
         engine.dispose()
+
+
+# --- processes, verify and exactly-once accounting (fault-injection tests) ---------------
+
+FAULT_GROUP_TIMINGS = {
+    "AUDIT_KAFKA_SESSION_TIMEOUT_MS": "3000",
+    "AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+    "AUDIT_KAFKA_MAX_POLL_INTERVAL_MS": "3000",
+}
+"""Fast group timings: a killed member blocks the next join until its session expires."""
+PROCESS_STOP_TIMEOUT_S = 10.0
+"""SPEC 5: SIGTERM/SIGINT exit 0 within ~10 s; also the bound on reaping a killed process."""
+VERIFY_TIMEOUT_S = 120.0
+WAIT_INTERVAL_S = 0.05
+PROCESS_LOG_TAIL_CHARS = 4000
+
+
+def process_environ(settings: Settings, **overrides: str) -> dict[str, str]:
+    """Environment for `python -m audit_service`: the caller's without AUDIT_* (an
+    AUDIT_CONFIG would leak in), the service configured by `settings`, then `overrides`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUDIT_")}
+    env.update({
+        "AUDIT_DATABASE_URL": settings.database_url,
+        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "AUDIT_KAFKA_TOPIC": settings.kafka_topic,
+        "AUDIT_CONSUMER_GROUP": settings.consumer_group,
+        "AUDIT_BATCH_SIZE": str(settings.batch_size),
+        "AUDIT_POLL_TIMEOUT_MS": str(settings.poll_timeout_ms),
+        "AUDIT_HEALTH_HOST": "127.0.0.1",
+        "AUDIT_HEALTH_PORT": "0",
+        "AUDIT_RETRY_MAX_BACKOFF_S": str(settings.retry_max_backoff_s),
+        "AUDIT_LOG_FORMAT": "text",
+        **FAULT_GROUP_TIMINGS,
+    })
+    env.update(overrides)
+    return env
+
+
+class ServiceProcess:
+    """One `audit-service run` subprocess; stdout and stderr go to a log file."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path):
+        self.log_path = log_path
+        with log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "audit_service", "run", *args], env=env, cwd=cwd,
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float = PROCESS_STOP_TIMEOUT_S) -> int:
+        """The exit code; fails the test (with the log) if it does not exit in time."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"daemon {self.pid} still running {timeout_s}s later\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and reap it."""
+        if self.running():
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL cannot be ignored
+            self.process.wait(timeout=PROCESS_STOP_TIMEOUT_S)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def tail(self) -> str:
+        return f"--- {self.log_path.name}\n{self.output()[-PROCESS_LOG_TAIL_CHARS:]}"
+
+    def wait_for(self, probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
+        """Poll `probe` until it returns a value; fail if the daemon exits or time runs out."""
+        return wait_until(probe, timeout_s, what, self)
+
+
+class ServiceProcesses:
+    """Starts daemons for one test (each with its own log) and kills the rest in teardown."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.started: list[ServiceProcess] = []
+
+    def start(self, settings: Settings, *args: str, **environ: str) -> ServiceProcess:
+        """`audit-service run ARGS` configured by `settings` and `environ` (AUDIT_*
+        overrides). The working directory holds no audit.ini."""
+        env = process_environ(settings, **environ)
+        log_path = self.workdir / f"daemon-{len(self.started) + 1}.log"
+        daemon = ServiceProcess(args, env, log_path, self.workdir)
+        self.started.append(daemon)
+        return daemon
+
+    def kill_all(self) -> None:
+        for daemon in self.started:
+            daemon.kill()
+
+
+def service_processes(workdir: Path) -> Iterator[ServiceProcesses]:
+    """Body of a `daemons` fixture: the launcher, and every daemon it started killed after."""
+    processes = ServiceProcesses(workdir)
+    try:
+        yield processes
+    finally:
+        processes.kill_all()
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A folder for a test's own server, outside pytest's basetemp (pytest prunes old
+    basetemps, and a server whose data directory vanishes dies); removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str,
+               daemon: ServiceProcess | None = None) -> T:
+    """Poll `probe` until it returns a value (not None); fail when time runs out, or when
+    `daemon` exits meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if daemon is not None and not daemon.running():
+            pytest.fail(f"daemon exited ({daemon.process.returncode}) while waiting for "
+                        f"{what}\n{daemon.tail()}")
+        if time.monotonic() > deadline:
+            detail = f"\n{daemon.tail()}" if daemon is not None else ""
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}{detail}")
+        time.sleep(WAIT_INTERVAL_S)
+
+
+def http_status(port: int, path: str) -> int | None:
+    """Status of one GET to the health server; None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def fault_settings(database_url: str, bootstrap: str, topic: str) -> Settings:
+    """Settings for a fault scenario's daemons (processes get them as AUDIT_* variables)."""
+    return Settings(
+        database_url=database_url, kafka_bootstrap_servers=bootstrap, kafka_topic=topic,
+        consumer_group=f"audit-fault-{topic}", batch_size=250, poll_timeout_ms=200,
+        health_port=0, retry_max_backoff_s=1.0,
+    )
+
+
+def chained_at_least(database_url: str, count: int) -> Callable[[], int | None]:
+    """A wait_until probe: the number of chained events once it reaches `count`."""
+    def probe() -> int | None:
+        chained = chained_count(database_url)
+        return chained if chained >= count else None
+
+    return probe
+
+
+def chained_count(database_url: str) -> int:
+    """Event records in the store (genesis records excluded)."""
+    return int(scalar(database_url,
+                      "SELECT count(*) FROM audit_records WHERE sequence_number > 0"))
+
+
+def verify_ok(database_url: str, cwd: Path) -> str:
+    """`audit-service verify` of every chain, as a subprocess; asserts exit 0, returns stdout."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUDIT_")}
+    env["AUDIT_DATABASE_URL"] = database_url
+    result = subprocess.run([sys.executable, "-m", "audit_service", "verify"], env=env,
+                            cwd=cwd, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S,
+                            check=False)
+    assert result.returncode == 0, (
+        f"verify exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+@dataclass
+class Tally:
+    """Where each produced audit_id ended up; every list must be empty."""
+
+    produced: int
+    chained: int
+    rejected: int
+    lost: list[str]
+    """Neither chained nor rejected."""
+    duplicated: list[str]
+    """Chained or rejected more than once, or both chained and rejected."""
+    misplaced: list[str]
+    """Chained though it should have been rejected, or the reverse."""
+    unexpected: list[str]
+    """Chained or rejected though nobody produced it in this scenario."""
+    reordered: list[str]
+    """Tenants whose chain order differs from their production order."""
+
+    def summary(self) -> str:
+        return (f"produced {self.produced}, chained {self.chained}, rejected {self.rejected}, "
+                f"lost {len(self.lost)}, duplicated {len(self.duplicated)}")
+
+    def problems(self, limit: int = 20) -> str:
+        parts = []
+        for name in ("lost", "duplicated", "misplaced", "unexpected", "reordered"):
+            ids: list[str] = getattr(self, name)
+            if ids:
+                more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
+                parts.append(f"{len(ids)} {name}: {', '.join(sorted(ids)[:limit])}{more}")
+        return "; ".join(parts)
+
+
+def tally(database_url: str, produced: Mapping[str, Sequence[str]],
+          expected_rejected: Collection[str] = (), *, check_order: bool = True) -> Tally:
+    """Account for every produced audit_id (tenant -> ids in production order) in the store."""
+    chained_rows = _rows(database_url,
+                         "SELECT tenant_id, audit_id::text FROM audit_records "
+                         "WHERE sequence_number > 0 ORDER BY tenant_id, sequence_number")
+    rejected_ids = [row[0] for row in _rows(
+        database_url, "SELECT coalesce(audit_id, '<no audit_id, id ' || id || '>') "
+                      "FROM audit_rejected_events")]
+    chained = Counter(audit_id for _, audit_id in chained_rows)
+    rejected = Counter(rejected_ids)
+    wanted_rejected = set(expected_rejected)
+    every_id = [audit_id for ids in produced.values() for audit_id in ids]
+    known = set(every_id)
+    lost, duplicated, misplaced = [], [], []
+    for audit_id in every_id:
+        times = chained[audit_id] + rejected[audit_id]
+        if times == 0:
+            lost.append(audit_id)
+        elif times > 1:
+            duplicated.append(audit_id)
+        elif (rejected[audit_id] == 1) != (audit_id in wanted_rejected):
+            misplaced.append(audit_id)
+    unexpected = sorted((set(chained) | set(rejected)) - known)
+    chains: dict[str, list[str]] = {}
+    for tenant, audit_id in chained_rows:
+        chains.setdefault(tenant, []).append(audit_id)
+    reordered = [
+        tenant for tenant, ids in produced.items()
+        if check_order and list(dict.fromkeys(i for i in chains.get(tenant, []) if i in known))
+        != [i for i in ids if chained[i]]
+    ]
+    return Tally(len(every_id), sum(chained.values()), sum(rejected.values()), lost,
+                 duplicated, misplaced, unexpected, reordered)
+
+
+def assert_each_exactly_once(database_url: str, produced: Mapping[str, Sequence[str]],
+                             expected_rejected: Collection[str] = (), context: str = "", *,
+                             check_order: bool = True) -> Tally:
+    """Every produced audit_id chained exactly once (in its tenant's production order unless
+    told otherwise) or, when expected, rejected exactly once; the failure lists the lost and
+    duplicated ids."""
+    result = tally(database_url, produced, expected_rejected, check_order=check_order)
+    assert not result.problems(), f"{result.problems()}{context}"
+    return result
+
+
+def _rows(database_url: str, sql: str) -> list[Any]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(text(sql)).all())
+    finally:
+        engine.dispose()
+
+
+class StreamProducer(threading.Thread):
+    """Publishes `total` events from a background thread, in chunks spread over `duration_s`,
+    so faults hit a live stream. Event i belongs to tenant i % len(tenants), and tenant j
+    goes to partition j % partitions (so every partition has work and each tenant's order
+    is its partition's). Every `reject_every`-th event carries an unknown field: it must
+    end up in the rejects table, exactly once."""
+
+    def __init__(self, bootstrap: str, topic: str, tenants: Sequence[str], total: int,
+                 duration_s: float, *, partitions: int = 4, reject_every: int = 0,
+                 chunk: int = 100):
+        super().__init__(name=f"produce-{topic}", daemon=True)
+        self.bootstrap, self.topic, self.tenants = bootstrap, topic, list(tenants)
+        self.total, self.duration_s, self.partitions = total, duration_s, partitions
+        self.reject_every, self.chunk = reject_every, chunk
+        self.produced: dict[str, list[str]] = {tenant: [] for tenant in self.tenants}
+        """Tenant -> audit_ids in production order; read it after finish()."""
+        self.rejected: set[str] = set()
+        self.failures: list[str] = []
+        self.sent = 0
+        """Events handed to the producer so far (for progress checks)."""
+
+    def run(self) -> None:
+        producer = Producer({"bootstrap.servers": self.bootstrap, "acks": "all",
+                             "linger.ms": 5})
+        started = time.monotonic()
+        for first in range(0, self.total, self.chunk):
+            for index in range(first, min(first + self.chunk, self.total)):
+                slot = index % len(self.tenants)
+                event = wire_event(self.tenants[slot])
+                if self.reject_every and index % self.reject_every == self.reject_every - 1:
+                    event["unexpected_field"] = "must be rejected, not dropped"
+                    self.rejected.add(event["audit_id"])
+                key, value = encode(event)
+                producer.produce(self.topic, key=key, value=value,
+                                 partition=slot % self.partitions,
+                                 on_delivery=self._on_delivery)
+                self.produced[event["tenant_id"]].append(event["audit_id"])
+            producer.poll(0)
+            self.sent = min(first + self.chunk, self.total)
+            due = started + self.duration_s * self.sent / self.total
+            time.sleep(max(0.0, due - time.monotonic()))
+        remaining = producer.flush(30)
+        if remaining:
+            self.failures.append(f"{remaining} messages not delivered")
+
+    def _on_delivery(self, error: Any, _message: Any) -> None:
+        if error is not None:
+            self.failures.append(str(error))
+
+    def finish(self, timeout_s: float = 60.0) -> None:
+        """Wait until every event is delivered (bounded); fail on any delivery error."""
+        self.join(timeout_s)
+        assert not self.is_alive(), f"producer still running after {timeout_s}s"
+        assert not self.failures, self.failures[:5]
+
+    @property
+    def valid(self) -> int:
+        """Events that must be chained (the rest must be rejected); known before the run."""
+        return self.total - (self.total // self.reject_every if self.reject_every else 0)

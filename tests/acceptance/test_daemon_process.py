@@ -355,7 +355,7 @@ def test_health_and_ready_answer_json_and_sigterm_closes_the_port(
     assert status == 404
 
     status, _, _ = _http(port, "/health", method="POST")
-    assert status == 501
+    assert status == 405
 
     daemon.send(signal.SIGTERM)
     assert daemon.wait(STOP_TIMEOUT_S) == 0, daemon.tail()

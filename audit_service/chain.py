@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final
 
 GENESIS_PREVIOUS_HASH: Final = "0" * 64
@@ -95,9 +96,27 @@ def jsonb_stable(value: Any) -> Any:
     return value
 
 
-_encode_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-"""Exactly `json.dumps(d, sort_keys=True, separators=(",", ":"))`, without rebuilding the
-encoder on every call."""
+def _not_serialisable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def compact_json_encoder(*, sort_keys: bool) -> Callable[[Any], str]:
+    """`json.dumps(value, sort_keys=..., separators=(",", ":"))` (ASCII-escaped), built once.
+
+    `json.dumps` and `JSONEncoder.encode` construct a new C encoder on every call, which
+    costs more than encoding a small object; on the hot path (every hash, every JSONB
+    column) we keep one. Without the C accelerator it falls back to the stdlib path.
+    """
+    if c_make_encoder is None:
+        return json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":")).encode
+    chunks = c_make_encoder(
+        None, _not_serialisable, encode_basestring_ascii, None, ":", ",", sort_keys, False,
+        True,
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode_canonical = compact_json_encoder(sort_keys=True)
 
 
 def canonical_json(record: Mapping[str, Any]) -> str:

@@ -7,10 +7,9 @@ JSONB values in their stable form).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from audit_service.chain import HASHED_FIELDS, format_timestamp
+from audit_service.chain import HASHED_FIELDS, compact_json_encoder, format_timestamp
 from audit_service.models import AuditRecord
 
 _TIMESTAMP_FIELDS = ("timestamp", "ingested_at")
@@ -43,7 +42,7 @@ COPY_COLUMNS = (
 """Column order of the COPY rows built by `copy_line`."""
 
 _NULL = "\\N"
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_encode_json = compact_json_encoder(sort_keys=False)
 
 
 def _text(value: str) -> str:

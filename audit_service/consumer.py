@@ -29,6 +29,12 @@ from audit_service.offset_policy import LogRange, TopicLog
 
 log = logging.getLogger(__name__)
 
+FETCH_MAX_WAIT_MS = 100
+"""How long the broker may hold an empty fetch. Apache Kafka answers as soon as data
+arrives; Tansu holds the fetch for the full wait, which at the client default (500 ms)
+put p99 event-to-commit latency above 500 ms at 1,000 events/s. 100 ms costs one idle
+fetch per 100 ms per broker."""
+
 COMMIT_TIMEOUT_MS = 5_000
 """Bound on the best-effort Kafka commit, so a broker outage cannot stall the loop."""
 PROBE_TIMEOUT_MS = 10_000
@@ -126,6 +132,7 @@ class AuditConsumer:
                 max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
                 fetch_max_bytes=max(52_428_800, settings.max_event_bytes * 2),
                 max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 2),
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             )
         except KafkaError as exc:
             raise ConnectionFailure(

@@ -178,6 +178,29 @@ class AuditReader:
     ) -> Iterator[dict[str, Any]]:
         """One tenant's records (hashed dict plus record_hash) in sequence order, streamed
         through a server-side cursor in one snapshot, in constant memory."""
+        return self.read_chain(tenant_id, from_sequence, to_sequence)[1]
+
+    def read_chain(
+        self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
+    ) -> tuple[ChainHead, Iterator[dict[str, Any]]]:
+        """The tenant's head and its records, both from ONE snapshot.
+
+        The daemon commits records and head together; reading them in separate snapshots
+        while it runs would see records newer than the head and report a false break.
+        """
+        stream = self._chain_stream(tenant_id, from_sequence, to_sequence)
+        head = next(stream)
+        assert isinstance(head, ChainHead)
+        return head, stream  # type: ignore[return-value]
+
+    def _chain_stream(
+        self, tenant_id: str, from_sequence: int, to_sequence: int | None
+    ) -> Iterator[ChainHead | dict[str, Any]]:
+        """Yields the head, then the records, inside one REPEATABLE READ transaction."""
+        state = AuditChainState.__table__
+        head_query = select(state.c.last_sequence, state.c.last_hash).where(
+            state.c.tenant_id == tenant_id
+        )
         table = AuditRecord.__table__
         statement = (
             select(*_RECORD_COLUMNS)
@@ -188,8 +211,13 @@ class AuditReader:
             statement = statement.where(table.c.sequence_number <= to_sequence)
         with (
             translated_errors(f"reading records of tenant {tenant_id!r}"),
-            self.engine.connect() as connection,
+            self.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ"
+            ) as connection,
+            connection.begin(),
         ):
+            head = connection.execute(head_query).one_or_none()
+            yield ChainHead(tenant_id, *head) if head else ChainHead.empty(tenant_id)
             rows = connection.execution_options(
                 stream_results=True, yield_per=STREAM_CHUNK_ROWS
             ).execute(statement)

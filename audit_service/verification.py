@@ -119,7 +119,10 @@ def verify_tenant(
             return VerificationResult(tenant, 0, None, None, None, ChainBreak(
                 tenant, scope.first, BREAK_LINK, f"a link to record {scope.first - 1}",
                 f"no record {scope.first - 1}", 1))
-    records: Iterable[dict[str, Any]] = reader.iter_records(tenant, scope.first, scope.last)
+    # The head is re-read in the records' own snapshot: the one from plan() is older, and a
+    # running daemon may have appended since.
+    head, records = reader.read_chain(tenant, scope.first, scope.last)
+    task = dataclasses.replace(task, head=head)
     if progress is not None:
         records = _counted(records, progress)
     result = verify_chain(

@@ -16,6 +16,7 @@ from support import chain_of, wire_event
 from audit_service.batch import BatchOutcome, ConsumedMessage, commit_batch
 from audit_service.chain import verify_chain
 from audit_service.events import ValidationLimits
+from audit_service.reader import AuditReader
 
 GROUP = "audit-test-concurrency"
 LIMITS = ValidationLimits()
@@ -106,3 +107,22 @@ def test_two_instances_holding_the_same_partition_chain_each_message_once(
         chained_ids |= {r["audit_id"] for r in chain[1:]}
     produced = {json.loads(m.value)["audit_id"] for b in batches for m in b if m.value}
     assert chained_ids == produced
+
+
+def test_verify_reads_the_head_and_the_records_from_one_snapshot(database_url: str) -> None:
+    # `verify` runs while the daemon appends: records committed after the head was read
+    # must not look like a forged tail (the dev stack showed intermittent false breaks).
+    engine = create_engine(database_url)
+    try:
+        commit_batch(engine, _messages("tenant-v", 0, 0, 5), GROUP, LIMITS)
+        head, records = AuditReader(engine).read_chain("tenant-v")
+        commit_batch(engine, _messages("tenant-v", 0, 5, 5), GROUP, LIMITS)
+
+        result = verify_chain("tenant-v", records, expected_head=head)
+    finally:
+        engine.dispose()
+
+    assert head.last_sequence == 5
+    assert result.valid, result.first_break
+    assert result.last_sequence == 5
+    assert len(chain_of(database_url, "tenant-v")) == 11

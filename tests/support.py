@@ -24,14 +24,64 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import Producer
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from audit_service.config import Settings
 from audit_service.daemon import Daemon, RunLimits, RunTotals, StopSignal
+from audit_service.devstack import create_topic
 from audit_service.models import AuditRejectedEvent
 from audit_service.reader import AuditReader
 
 DAEMON_TIMEOUT_S = 90.0
+
+
+def admin_execute(admin_url: str, statement: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE) outside a transaction."""
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def database_url_for(admin_url: str, name: str) -> str:
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def temporary_database(admin_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A uniquely named database (a copy of `template` when given), dropped afterwards;
+    yields its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copy_of = f' TEMPLATE "{template}"' if template else ""
+    admin_execute(admin_url, f'CREATE DATABASE "{name}"{copy_of}')
+    try:
+        yield name
+    finally:
+        admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def new_topic(bootstrap: str, prefix: str = "audit.events.test") -> str:
+    """A unique topic with 4 partitions, like audit.events."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    create_topic(bootstrap, name, partitions=4)
+    return name
+
+
+def service_settings(
+    database_url: str, bootstrap: str, topic: str, **overrides: Any
+) -> Settings:
+    """Settings for a test daemon: its own group, no health server, Tansu-friendly timings."""
+    values: dict[str, Any] = {
+        "database_url": database_url, "kafka_bootstrap_servers": bootstrap,
+        "kafka_topic": topic, "consumer_group": f"audit-test-{topic}", "poll_timeout_ms": 200,
+        "health_port": 0, "kafka_session_timeout_ms": 6000,
+        "kafka_heartbeat_interval_ms": 1000, "kafka_max_poll_interval_ms": 10000,
+        "retry_max_backoff_s": 2.0,
+    }
+    return Settings(**(values | overrides))
 
 T = TypeVar("T")
 

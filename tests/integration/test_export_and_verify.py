@@ -16,9 +16,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import _admin_execute, _database_url
 from sqlalchemy import create_engine, insert, text
-from support import produce_events, run_until_idle, scalar, wire_event
+from support import (
+    database_url_for,
+    new_topic,
+    produce_events,
+    run_until_idle,
+    scalar,
+    service_settings,
+    temporary_database,
+    wire_event,
+)
 
 from audit_service.chain import (
     GENESIS_PREVIOUS_HASH,
@@ -28,8 +36,6 @@ from audit_service.chain import (
     parse_timestamp,
 )
 from audit_service.cli import main
-from audit_service.config import Settings
-from audit_service.devstack import create_topic
 from audit_service.models import AuditChainState, AuditRecord
 from audit_service.reader import AuditReader
 
@@ -55,29 +61,19 @@ def pipeline_template(
     pg_admin_url: str, template_database: str, kafka_bootstrap: str
 ) -> Iterator[str]:
     """A database filled once through the real pipeline; tests work on copies of it."""
-    name = f"audit_export_{uuid.uuid4().hex[:10]}"
-    _admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    topic = f"audit.events.test-{uuid.uuid4().hex[:10]}"
-    create_topic(kafka_bootstrap, topic, partitions=4)
-    settings = Settings(
-        database_url=_database_url(pg_admin_url, name), kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic=topic, consumer_group=f"audit-test-{topic}", poll_timeout_ms=200,
-        health_port=0, kafka_session_timeout_ms=6000, kafka_heartbeat_interval_ms=1000,
-        kafka_max_poll_interval_ms=10000, retry_max_backoff_s=2.0,
-    )
-    produce_events(kafka_bootstrap, topic, _events())
-    assert run_until_idle(settings).chained == EVENTS + 3
-    yield name
-    _admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_database(pg_admin_url, "audit_export", template_database) as name:
+        topic = new_topic(kafka_bootstrap)
+        settings = service_settings(database_url_for(pg_admin_url, name), kafka_bootstrap, topic)
+        produce_events(kafka_bootstrap, topic, _events())
+        assert run_until_idle(settings).chained == EVENTS + 3
+        yield name
 
 
 @pytest.fixture
 def url(pg_admin_url: str, pipeline_template: str) -> Iterator[str]:
     """This test's own copy of the pipeline's database."""
-    name = f"audit_copy_{uuid.uuid4().hex[:10]}"
-    _admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{pipeline_template}"')
-    yield _database_url(pg_admin_url, name)
-    _admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with temporary_database(pg_admin_url, "audit_copy", pipeline_template) as name:
+        yield database_url_for(pg_admin_url, name)
 
 
 def _cli(url: str, *args: str, stdin: bytes | None = None) -> Result:

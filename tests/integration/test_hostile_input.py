@@ -12,18 +12,26 @@ larger than the service's fetch size is fetched and quarantined, not stuck.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from support import chain_of, encode, produce, rejections, run_until_idle, wire_event
+from sqlalchemy import create_engine
+from support import (
+    chain_of,
+    database_url_for,
+    encode,
+    new_topic,
+    produce,
+    rejections,
+    run_until_idle,
+    service_settings,
+    temporary_database,
+    wire_event,
+)
 
 from audit_service.config import Settings
-from audit_service.devstack import create_topic
 from audit_service.models import AuditRejectedEvent
 from audit_service.reader import AuditReader
 from audit_service.verification import verify_database
@@ -147,38 +155,21 @@ class HostileRun:
     valid_ids: list[str]
 
 
-def _admin(admin_url: str, statement: str) -> None:
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def hostile_run(pg_admin_url: str, template_database: str,
                 kafka_bootstrap: str) -> Iterator[HostileRun]:
     """Produce the catalogue, each message followed by a valid event, and run the daemon
     once with default limits until it is idle."""
-    database = f"audit_hostile_{uuid.uuid4().hex[:12]}"
-    _admin(pg_admin_url, f'CREATE DATABASE "{database}" TEMPLATE "{template_database}"')
-    topic = f"audit.events.hostile-{uuid.uuid4().hex[:10]}"
-    create_topic(kafka_bootstrap, topic, partitions=4)
-    settings = Settings(
-        database_url=make_url(pg_admin_url).set(database=database)
-        .render_as_string(hide_password=False),
-        kafka_bootstrap_servers=kafka_bootstrap, kafka_topic=topic,
-        consumer_group=f"audit-test-{topic}", batch_size=500, poll_timeout_ms=200,
-        health_port=0, kafka_session_timeout_ms=6000, kafka_heartbeat_interval_ms=1000,
-        kafka_max_poll_interval_ms=10000, retry_max_backoff_s=2.0,
-    )
     valid = [ORIGINAL] + [wire_event(TENANT) for _ in CATALOGUE]
     messages: list[tuple[bytes | None, bytes | None]] = [encode(ORIGINAL)]
     for hostile, event in zip(CATALOGUE, valid[1:], strict=True):
         messages += [(hostile.key, hostile.value), encode(event)]
-    produce(kafka_bootstrap, topic, messages, partition=0)
-    try:
+    with temporary_database(pg_admin_url, "audit_hostile", template_database) as database:
+        topic = new_topic(kafka_bootstrap, "audit.events.hostile")
+        settings = service_settings(
+            database_url_for(pg_admin_url, database), kafka_bootstrap, topic, batch_size=500
+        )
+        produce(kafka_bootstrap, topic, messages, partition=0)
         totals = run_until_idle(settings)
         rows = rejections(settings.database_url)
         assert len(rows) == len(CATALOGUE), [row.reason for row in rows]
@@ -187,8 +178,6 @@ def hostile_run(pg_admin_url: str, template_database: str,
             {hostile.name: row for hostile, row in zip(CATALOGUE, rows, strict=True)},
             [event["audit_id"] for event in valid],
         )
-    finally:
-        _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize("hostile", CATALOGUE, ids=[hostile.name for hostile in CATALOGUE])

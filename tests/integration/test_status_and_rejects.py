@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import _admin_execute, _database_url
 from sqlalchemy import create_engine
-from support import encode, produce, produce_events, run_until_idle, wire_event
+from support import (
+    database_url_for,
+    encode,
+    new_topic,
+    produce,
+    produce_events,
+    run_until_idle,
+    service_settings,
+    temporary_database,
+    wire_event,
+)
 
 from audit_service.cli import main
 from audit_service.config import Settings
-from audit_service.devstack import create_topic, free_port
+from audit_service.devstack import free_port
 from audit_service.reader import AuditReader
 from audit_service.status import collect_status, render_status
 
@@ -31,16 +39,15 @@ UNCONSUMED = 3
 
 @pytest.fixture(scope="module")
 def settings(pg_admin_url: str, template_database: str, kafka_bootstrap: str) -> Iterator[Settings]:
-    name = f"audit_status_{uuid.uuid4().hex[:10]}"
-    _admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    topic = f"audit.events.test-{uuid.uuid4().hex[:10]}"
-    create_topic(kafka_bootstrap, topic, partitions=4)
-    settings = Settings(
-        database_url=_database_url(pg_admin_url, name), kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic=topic, consumer_group=f"audit-test-{topic}", poll_timeout_ms=200,
-        health_port=0, kafka_session_timeout_ms=6000, kafka_heartbeat_interval_ms=1000,
-        kafka_max_poll_interval_ms=10000, retry_max_backoff_s=2.0,
-    )
+    with temporary_database(pg_admin_url, "audit_status", template_database) as name:
+        yield _filled(database_url_for(pg_admin_url, name), kafka_bootstrap)
+
+
+def _filled(database_url: str, kafka_bootstrap: str) -> Settings:
+    """Run the pipeline once over a few tenants, three rejects and a verify, then leave
+    UNCONSUMED events on the topic so status shows lag."""
+    topic = new_topic(kafka_bootstrap)
+    settings = service_settings(database_url, kafka_bootstrap, topic)
     produce_events(kafka_bootstrap, topic,
                    [wire_event(t) for t, count in TENANTS.items() for _ in range(count)])
     produce(kafka_bootstrap, topic, [
@@ -51,8 +58,7 @@ def settings(pg_admin_url: str, template_database: str, kafka_bootstrap: str) ->
     assert run_until_idle(settings).rejected == 3
     assert _cli(settings, "verify").exit_code == 0
     produce_events(kafka_bootstrap, topic, [wire_event("tenant-a") for _ in range(UNCONSUMED)])
-    yield settings
-    _admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return settings
 
 
 def _cli(settings: Settings, *args: str) -> Result:

@@ -14,7 +14,6 @@ Contract of `commit_batch` (the core promise of SPEC section 5):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,15 +25,14 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from audit_service.chain import (
-    EVENT_FIELDS,
     ChainHead,
     advance,
-    chain_event,
     format_timestamp,
     genesis_record,
 )
 from audit_service.db import RecordRefused, translated_errors
 from audit_service.events import EventRejected, ValidationLimits, parse_event
+from audit_service.linking import PendingRecord, canonical_parts, link, render
 from audit_service.record_mapping import copy_line, row_values
 from audit_service.store import ChainStore, Rejection
 
@@ -80,11 +78,6 @@ class BatchOutcome:
     """Rendered timestamps of the chained events (for end-to-end latency metrics)."""
 
 
-def _event_fingerprint(event: dict[str, Any]) -> str:
-    """Canonical text of the producer-supplied fields, to tell a redelivery from a conflict."""
-    return json.dumps({f: event[f] for f in EVENT_FIELDS}, sort_keys=True, separators=(",", ":"))
-
-
 class _BatchChainer:
     """Chains one batch's events inside an open transaction."""
 
@@ -94,6 +87,7 @@ class _BatchChainer:
         self.now = now
         self.copy_lines: list[str] = []
         self.rejections: list[Rejection] = []
+        self.ingested_at = format_timestamp(now)
         self.heads: dict[str, ChainHead] = {}
         self.last_timestamps: dict[str, str] = {}
         self.outcome = BatchOutcome()
@@ -110,40 +104,51 @@ class _BatchChainer:
         self.outcome.rejected += 1
         self.outcome.rejected_by_kind[kind] += 1
 
-    def append(self, record: dict[str, Any], message: ConsumedMessage | None) -> str | None:
-        """Append a record (immediately in isolation mode); returns a refusal reason or None."""
-        coordinates = (
-            (message.topic, message.partition, message.offset) if message else (None, None, None)
-        )
+    def append(self, row: str, record: Callable[[], dict[str, Any]],
+               message: ConsumedMessage | None) -> str | None:
+        """Queue a record's COPY row, or in isolation mode insert the record at once (built
+        by `record`, only then); returns PostgreSQL's refusal reason or None."""
         if self.isolate_rows:
-            refusal = self.store.insert_record_isolated(row_values(record, *coordinates))
+            coordinates = (
+                (message.topic, message.partition, message.offset) if message
+                else (None, None, None)
+            )
+            refusal = self.store.insert_record_isolated(row_values(record(), *coordinates))
             if refusal:
                 return f"PostgreSQL refused the record: {refusal}"
         else:
-            self.copy_lines.append(copy_line(record, *coordinates))
-        tenant = record["tenant_id"]
-        self.heads[tenant] = advance(self.heads[tenant], record)
-        self.last_timestamps[tenant] = record["timestamp"]
-        self.outcome.tenants.add(tenant)
+            self.copy_lines.append(row)
         return None
 
-    def chain(self, message: ConsumedMessage, event: dict[str, Any]) -> bool:
+    def start_chain(self, tenant: str) -> str | None:
+        """Append a new tenant's genesis record; returns a refusal reason or None."""
+        genesis = genesis_record(tenant, self.now)
+        refusal = self.append(copy_line(genesis, None, None, None), lambda: genesis, None)
+        if refusal is None:
+            self.heads[tenant] = advance(self.heads[tenant], genesis)
+            self.outcome.genesis += 1
+        return refusal
+
+    def chain(self, message: ConsumedMessage, pending: PendingRecord) -> bool:
         """Chain one event (after its tenant's genesis when new); False if it was refused."""
-        tenant = event["tenant_id"]
+        tenant = pending.tenant_id
         if self.heads[tenant].is_empty:
-            refusal = self.append(genesis_record(tenant, self.now), None)
+            refusal = self.start_chain(tenant)
             if refusal:
                 self.reject(message, f"cannot create genesis: {refusal}", REJECTED_REFUSED,
-                            tenant, event["audit_id"])
+                            tenant, pending.audit_id)
                 return False
-            self.outcome.genesis += 1
-        record = chain_event(self.heads[tenant], event, self.now)
-        refusal = self.append(record, message)
+        linked = link(pending, self.heads[tenant], self.ingested_at)
+        refusal = self.append(linked.row, linked.as_record, message)
         if refusal:
-            self.reject(message, refusal, REJECTED_REFUSED, tenant, event["audit_id"])
+            self.reject(message, refusal, REJECTED_REFUSED, tenant, pending.audit_id)
             return False
+        self.heads[tenant] = ChainHead(tenant, linked.sequence_number, linked.record_hash)
+        timestamp = pending.timestamp
+        self.last_timestamps[tenant] = timestamp
+        self.outcome.tenants.add(tenant)
         self.outcome.chained += 1
-        self.outcome.event_timestamps.append(record["timestamp"])
+        self.outcome.event_timestamps.append(timestamp)
         return True
 
     def run(self, batch: PreparedBatch) -> None:
@@ -158,29 +163,32 @@ class _BatchChainer:
         ]
         self.outcome.already_committed = len(messages) - len(fresh)
 
-        events = [e for _, e in fresh if isinstance(e, dict)]
-        self.heads = self.store.lock_heads(e["tenant_id"] for e in events)
-        known = self.store.find_chained((e["tenant_id"], e["audit_id"]) for e in events)
+        events = [e for _, e in fresh if isinstance(e, PendingRecord)]
+        self.heads = self.store.lock_heads(e.tenant_id for e in events)
+        known = {
+            key: canonical_parts(record) for key, record in
+            self.store.find_chained((e.tenant_id, e.audit_id) for e in events).items()
+        }
         for message, result in fresh:
             if isinstance(result, EventRejected):
                 self.reject(message, result.reason, result.kind, result.tenant_id,
                             result.audit_id)
                 continue
-            key = (result["tenant_id"], result["audit_id"])
+            key = (result.tenant_id, result.audit_id)
             if key in known:
-                if _event_fingerprint(known[key]) == _event_fingerprint(result):
+                if known[key] == result.hash_parts:
                     self.outcome.duplicates += 1
                 else:
                     self.reject(message, f"audit_id {key[1]} is already chained for tenant "
                                 f"{key[0]!r} with different content", REJECTED_CONFLICT, *key)
                 continue
             if self.chain(message, result):
-                known[key] = result
+                known[key] = result.hash_parts
 
         self.store.copy_records(self.copy_lines)
         self.store.save_heads(
             [(self.heads[t], self.last_timestamps[t]) for t in sorted(self.outcome.tenants)],
-            format_timestamp(self.now),
+            self.ingested_at,
         )
         self.store.insert_rejections(self.rejections)
         self.store.save_offsets(self.outcome.next_offsets)
@@ -188,20 +196,22 @@ class _BatchChainer:
 
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
-    """A polled batch with every message already validated (pure work, no transaction)."""
+    """A polled batch with every message validated and rendered (pure work, no transaction)."""
 
     messages: Sequence[ConsumedMessage]
-    parsed: list[dict[str, Any] | EventRejected]
+    parsed: list[PendingRecord | EventRejected]
 
 
 def prepare_batch(
     messages: Sequence[ConsumedMessage], limits: ValidationLimits, now: datetime
 ) -> PreparedBatch:
-    """Validate every message; done outside the transaction so it can overlap a commit."""
-    parsed: list[dict[str, Any] | EventRejected] = []
+    """Validate and render every message (see `linking`); done outside the transaction so
+    it overlaps the previous batch's commit."""
+    parsed: list[PendingRecord | EventRejected] = []
     for message in messages:
         try:
-            parsed.append(parse_event(message.key, message.value, limits, now))
+            event = parse_event(message.key, message.value, limits, now)
+            parsed.append(render(event, message.topic, message.partition, message.offset))
         except EventRejected as exc:
             parsed.append(exc)
     return PreparedBatch(messages, parsed)

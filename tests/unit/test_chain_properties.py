@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import string
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import TENANT_ALPHABET, json_values, wire_events
 
 from audit_service.chain import (
     HASHED_FIELDS,
@@ -29,63 +29,11 @@ from audit_service.chain import (
     verify_chain,
 )
 from audit_service.events import ValidationLimits, parse_event
-from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 NOW = datetime(2026, 11, 26, 16, 0, tzinfo=UTC)
 LIMITS = ValidationLimits()
-TENANT_ALPHABET = string.ascii_letters + string.digits + "._:-"
 EXAMPLES = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
-
-_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
-                max_size=12)
-_json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-                 | st.floats(allow_nan=False, allow_infinity=False) | _text)
-_json = st.recursive(
-    _json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
-    max_leaves=8,
-)
-# Prefixed keys never collide with the type-checked known fields of context/decision/outcome.
-_free_object = st.dictionaries(_text.map(lambda key: "x-" + key), _json, max_size=3)
-_zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
-                          timezone(timedelta(hours=-8))])
-
-
-@st.composite
-def wire_timestamps(draw: st.DrawFn) -> str:
-    """RFC 3339 as producers send it: Z or an offset, milliseconds or microseconds."""
-    moment = draw(st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2026, 11, 25),
-                               timezones=_zones))
-    text = moment.isoformat(timespec=draw(st.sampled_from(["milliseconds", "microseconds"])))
-    return text.replace("+00:00", "Z") if draw(st.booleans()) else text
-
-
-@st.composite
-def wire_events(draw: st.DrawFn, tenant_id: str) -> dict[str, Any]:
-    """A valid wire event, optional fields present or absent."""
-    required = {
-        "audit_id": str(draw(st.uuids())),
-        "tenant_id": tenant_id,
-        "timestamp": draw(wire_timestamps()),
-        "event_type": draw(st.sampled_from(
-            sorted(set(EVENT_CATEGORIES) - set(RESERVED_EVENT_TYPES)))),
-        "actor_type": draw(st.sampled_from(["agent", "human", "system", "scheduler"])),
-        "actor_id": draw(_text.filter(bool)),
-    }
-    optional = draw(st.fixed_dictionaries({}, optional={
-        "severity": st.sampled_from(["info", "warning", "critical"]),
-        "actor_permissions": st.lists(_text, max_size=3),
-        "investigation_id": _text,
-        "alert_id": _text,
-        "entity_ids": st.lists(_text, max_size=3),
-        "context": _free_object,
-        "decision": _free_object,
-        "outcome": _free_object,
-        "source_service": _text,
-        "record_version": _text.filter(bool),
-    }))
-    return {**required, **optional}
 
 
 @st.composite
@@ -131,7 +79,7 @@ def test_changing_any_field_of_any_record_is_detected(
     field = data.draw(st.sampled_from([*HASHED_FIELDS, "record_hash"]), label="field")
     original = records[index][field]
     replacement = data.draw(
-        (_json | st.just(f"{original}x")).filter(
+        (json_values | st.just(f"{original}x")).filter(
             lambda value: json.dumps(value) != json.dumps(original)),
         label="replacement")
     rehash = data.draw(st.booleans(), label="attacker recomputes record_hash")

@@ -92,6 +92,8 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
               help="Max messages per poll, chained in one transaction (throughput knob).")
 @click.option("--poll-timeout-ms", type=int,
               help="Max wait per poll; a quiet stream is committed within it (latency knob).")
+@click.option("--validation-workers", type=int,
+              help="Worker processes that validate batches (0: in the daemon's own thread).")
 @click.option("--health-host", help="Address of the /health and /ready server.")
 @click.option("--health-port", type=int, help="Port of the health server (0 disables it).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -105,21 +107,27 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 @guarded
 def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
         topic: str | None, group: str | None, batch_size: int | None,
-        poll_timeout_ms: int | None, health_host: str | None, health_port: int | None,
-        log_level: str | None, log_format: str | None, max_batches: int | None,
-        exit_when_idle: bool) -> None:
+        poll_timeout_ms: int | None, validation_workers: int | None, health_host: str | None,
+        health_port: int | None, log_level: str | None, log_format: str | None,
+        max_batches: int | None, exit_when_idle: bool) -> None:
     """Run the daemon: consume, chain, store; stops cleanly on SIGTERM/SIGINT.
 
     \b
     Tuning knobs (see bench/README.md for measurements):
       --batch-size N       at most N messages per poll, chained in ONE transaction
                            (default 2000). Larger batches amortise locking, COPY and
-                           commit (throughput); memory holds at most two batches.
+                           commit (throughput); memory holds at most three batches.
       --poll-timeout-ms N  the longest a poll waits (default 500). Whatever a poll
                            returns is committed at once, so a quiet stream is stored
                            within about this long however large the batch size.
-      in-flight batches    fixed at one: batch N+1 is polled and validated while batch
-                           N commits. A second would only queue on N's row locks.
+      --validation-workers N
+                           processes that validate batches beside the daemon's GIL
+                           (default 1; 0 validates in the daemon itself). One keeps
+                           two cores busy with PostgreSQL; more only help with more
+                           cores to spare.
+      in-flight batches    fixed at three: N+2 is polled while N+1 is validated and
+                           N commits; transactions run one at a time in poll order
+                           (a second would only queue on N's row locks).
     """
     from audit_service.daemon import Daemon, RunLimits, StopSignal
     from audit_service.logs import configure_logging
@@ -127,7 +135,8 @@ def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
     settings = ctx.settings(
         database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
         kafka_topic=topic, consumer_group=group, batch_size=batch_size,
-        poll_timeout_ms=poll_timeout_ms, health_host=health_host, health_port=health_port,
+        poll_timeout_ms=poll_timeout_ms, validation_workers=validation_workers,
+        health_host=health_host, health_port=health_port,
         log_level=log_level, log_format=log_format,
     )
     configure_logging(settings.log_level, settings.log_format)

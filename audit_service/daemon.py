@@ -1,13 +1,16 @@
 """The daemon: a poll loop you can read top to bottom.
 
-    stop requested? -> poll and validate batch N+1 -> wait for batch N's PostgreSQL
-    commit -> commit N's offsets to Kafka -> hand N+1 to the committer thread
-    -> place newly held partitions -> mark alive (health state, systemd watchdog, lag gauges)
+    stop requested? -> poll batch N+2 -> hand it to the validation worker, its commit to
+    the committer thread -> acknowledge finished batches in poll order (wait for the
+    PostgreSQL commit, then commit the offsets to Kafka) -> place newly held partitions
+    -> mark alive (health state, systemd watchdog, lag gauges)
 
-At most one batch is in flight, and batches commit strictly in poll order, so the
-pipeline changes nothing about the transaction boundaries, the locking or the rule that
-the database commits before Kafka; it only lets polling and validation (Python) overlap
-the COPY and the commit (PostgreSQL).
+At most three batches are in flight (polled, validating, committing); transactions run one
+at a time, strictly in poll order: the committer starts batch k only once k-1 is committed
+(if k-1 failed, the loop retries it first; see CommitOrder). So the pipeline changes
+nothing about the transaction boundaries, the locking or the rule that the database commits
+before Kafka; it only lets polling (this thread), validation (a worker process) and the
+transaction (PostgreSQL) overlap.
 
 A partition the consumer gains (or whose position the broker no longer holds) waits,
 paused, until the loop places it at the offset stored in PostgreSQL. That offset is read
@@ -28,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +48,6 @@ from audit_service.batch import (
     PreparedBatch,
     commit_prepared,
     move_stored_offset,
-    prepare_batch,
 )
 from audit_service.config import Settings
 from audit_service.consumer import AuditConsumer
@@ -57,6 +60,7 @@ from audit_service.migrations import ensure_schema_current
 from audit_service.notify import SystemdNotifier
 from audit_service.offset_policy import plan_starting_points
 from audit_service.reader import AuditReader
+from audit_service.validation_pool import ValidationPool
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,9 @@ SHUTDOWN_POLL_S = 0.2
 """Granularity at which a sleeping retry notices a stop request."""
 OBSERVER_STATEMENT_TIMEOUT_MS = 2000
 """Bound on the /ready ping and the /metrics heads query: a probe must answer promptly."""
+MAX_BATCHES_IN_FLIGHT = 2
+"""Polled but not yet acknowledged, beyond the one being polled: one committing, one being
+validated. More would only queue (commits are sequential) and hold more memory."""
 UNASSIGNED_WARNING_S = 30.0
 """How long the loop runs without partitions before it says so (and how often it repeats)."""
 
@@ -82,10 +89,44 @@ class RunLimits:
 
 @dataclass
 class InFlight:
-    """The batch the committer thread is working on."""
+    """A polled batch on its way: validating (worker), then committing (committer thread)."""
 
-    batch: PreparedBatch
+    number: int
+    messages: Sequence[ConsumedMessage]
+    prepared: Future[PreparedBatch]
     result: Future[BatchOutcome]
+
+
+class EarlierBatchFailed(Exception):
+    """A batch was not attempted because the loop gave up on an earlier one (stop request
+    or fatal error): it is consumed again on the next start."""
+
+
+class CommitOrder:
+    """Lets the committer thread commit batch k only once batch k-1 is committed, by the
+    committer or by the loop retrying it, so batches always commit in poll order."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._committed = 0
+        self._abandoned = False
+
+    def wait_turn(self, number: int) -> bool:
+        """Block until batch `number` may commit; False if the loop gave up first."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._committed >= number - 1 or self._abandoned)
+            return not self._abandoned
+
+    def committed(self, number: int) -> None:
+        with self._changed:
+            self._committed = max(self._committed, number)
+            self._changed.notify_all()
+
+    def abandon(self) -> None:
+        """No batch waiting for its turn will commit (the loop is leaving)."""
+        with self._changed:
+            self._abandoned = True
+            self._changed.notify_all()
 
 
 @dataclass
@@ -175,10 +216,22 @@ class Daemon:
             self._mark_alive(consumer)
 
     def _commit(self, batch: PreparedBatch) -> BatchOutcome:
-        """One batch transaction, timed (runs on the committer thread)."""
+        """One batch transaction, timed."""
         started = time.monotonic()
         outcome = commit_prepared(self.engine, batch, self.settings.consumer_group)
         self.metrics.observe_transaction(time.monotonic() - started)
+        return outcome
+
+    def _commit_in_order(
+        self, order: CommitOrder, number: int, prepared: Future[PreparedBatch]
+    ) -> BatchOutcome:
+        """Committer thread: commit batch `number` once validated and once the batch before
+        it is committed (if that one failed, the loop retries it first)."""
+        batch = prepared.result()
+        if not order.wait_turn(number):
+            raise EarlierBatchFailed
+        outcome = self._commit(batch)
+        order.committed(number)
         return outcome
 
     def _retry(
@@ -222,20 +275,23 @@ class Daemon:
             self.stop.event.wait(BACKOFF_INITIAL_S)
             return []
 
-    def _finish(self, consumer: AuditConsumer, in_flight: InFlight) -> bool:
-        """Wait for the in-flight commit, then commit its offsets to Kafka.
+    def _finish(self, consumer: AuditConsumer, in_flight: InFlight, order: CommitOrder) -> bool:
+        """Wait for a batch's commit (retrying it here if it failed transiently; the batches
+        after it wait for their turn meanwhile), then commit its offsets to Kafka.
 
         False when it could not be committed before a stop request (it is redelivered).
         """
         try:
             outcome: BatchOutcome | None = in_flight.result.result()
         except TransientError as exc:
+            batch = in_flight.prepared.result()
             outcome = self._retry(
-                consumer, "batch", RETRY_DATABASE, lambda: self._commit(in_flight.batch), exc)
-        if outcome is None:
-            return False
+                consumer, "batch", RETRY_DATABASE, lambda: self._commit(batch), exc)
+            if outcome is None:
+                return False
+            order.committed(in_flight.number)
         consumer.commit(outcome.next_offsets)
-        self._record(outcome, in_flight.batch.messages)
+        self._record(outcome, in_flight.messages)
         return True
 
     def _place_held(self, consumer: AuditConsumer) -> bool:
@@ -336,35 +392,46 @@ class Daemon:
         health.start()
         return health
 
-    def _loop(self, consumer: AuditConsumer, limits: RunLimits) -> None:
-        """Poll and validate N+1 -> finish N (DB, then Kafka) -> submit N+1, until stopped."""
+    def _loop(self, consumer: AuditConsumer, limits: RunLimits, pool: ValidationPool) -> None:
+        """Poll N+2 while N+1 is validated and N commits; finish batches (DB, then Kafka)
+        strictly in poll order, until stopped."""
         submitted = 0
-        in_flight: InFlight | None = None
+        pipeline: deque[InFlight] = deque()
+        order = CommitOrder()
+
+        def finish_oldest() -> bool:
+            return self._finish(consumer, pipeline.popleft(), order)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="committer") as committer:
-            while not self.stop.event.is_set():
-                if limits.max_batches is not None and submitted >= limits.max_batches:
-                    break
-                batch = self._poll(consumer)
-                prepared = prepare_batch(batch, self.limits, datetime.now(UTC)) if batch else None
-                if in_flight is not None:
-                    if not self._finish(consumer, in_flight):
+            try:
+                while not self.stop.event.is_set():
+                    if limits.max_batches is not None and submitted >= limits.max_batches:
+                        break
+                    batch = self._poll(consumer)
+                    if batch:
+                        submitted += 1
+                        prepared = pool.submit(batch, datetime.now(UTC))
+                        pipeline.append(InFlight(submitted, batch, prepared, committer.submit(
+                            self._commit_in_order, order, submitted, prepared)))
+                    while pipeline and (len(pipeline) > MAX_BATCHES_IN_FLIGHT
+                                        or pipeline[0].result.done()):
+                        if not finish_oldest():
+                            return
+                    if consumer.held():
+                        # The stored offsets are final only once nothing polled is uncommitted.
+                        while pipeline:
+                            if not finish_oldest():
+                                return
+                        if not self._place_held(consumer):
+                            return
+                    self._mark_alive(consumer)
+                    if limits.exit_when_idle and not pipeline and consumer.caught_up():
                         return
-                    in_flight = None
-                if prepared is not None:
-                    in_flight = InFlight(prepared, committer.submit(self._commit, prepared))
-                    submitted += 1
-                if consumer.held():
-                    # The stored offsets are final only once nothing polled is uncommitted.
-                    if in_flight is not None and not self._finish(consumer, in_flight):
+                while pipeline:
+                    if not finish_oldest():
                         return
-                    in_flight = None
-                    if not self._place_held(consumer):
-                        return
-                self._mark_alive(consumer)
-                if limits.exit_when_idle and in_flight is None and consumer.caught_up():
-                    return
-            if in_flight is not None:
-                self._finish(consumer, in_flight)
+            finally:
+                order.abandon()
 
     def run(self, limits: RunLimits | None = None) -> RunTotals:
         """Run until stopped (signal, max_batches, or idle when asked); returns the totals."""
@@ -373,9 +440,11 @@ class Daemon:
         with self.engine.connect() as connection:
             ensure_schema_current(connection)
         health = self._start_health_server()
+        pool = ValidationPool(self.limits, self.settings.validation_workers)
         try:
             consumer = AuditConsumer(self.settings)
         except BaseException:
+            pool.close()
             if health is not None:
                 health.stop()
             self.observer_engine.dispose()
@@ -384,9 +453,10 @@ class Daemon:
             "topic": self.settings.kafka_topic, "group": self.settings.consumer_group,
             "database": self.settings.redacted_database_url})
         try:
-            self._loop(consumer, limits)
+            self._loop(consumer, limits, pool)
         finally:
             self.notifier.stopping()
+            pool.close()
             consumer.close()
             if health is not None:
                 health.stop()

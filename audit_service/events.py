@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -46,6 +47,11 @@ class EventRejected(ValueError):
         self.kind = kind
         self.tenant_id = tenant_id
         self.audit_id = audit_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with `kind` (validation runs in a worker process, see validation_pool)."""
+        return (partial(EventRejected, kind=self.kind),
+                (self.reason, self.tenant_id, self.audit_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,100 @@
+"""Validate and render batches in a worker process, beside the daemon's GIL.
+
+Validation and rendering (`batch.prepare_batch`) are pure CPU work, most of the Python time
+per event. In the daemon's own process they compete for the GIL with polling and with the
+committer thread, so the pipeline stalls on one core while the other idles. A worker
+process runs them in parallel instead. It only ever sees message bytes and returns strings
+(`linking.PendingRecord`) or rejections: it never touches PostgreSQL or Kafka, so the
+transaction, locking and offset rules are those of the committer thread alone.
+
+`workers=0` validates in the calling thread (no extra process): for tests and small
+installations. A worker ignores SIGINT/SIGTERM (the daemon decides when to stop and shuts
+the pool down) and exits by itself if the daemon dies, so no orphan is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+
+from audit_service.batch import ConsumedMessage, PreparedBatch, prepare_batch
+from audit_service.errors import AuditServiceError
+from audit_service.events import EventRejected, ValidationLimits
+from audit_service.linking import PendingRecord
+
+log = logging.getLogger(__name__)
+
+ORPHAN_CHECK_S = 1.0
+"""How often a worker checks that the daemon that started it is still alive."""
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(1)
+
+
+def _start_worker(parent: int) -> None:
+    """Worker initializer: leave signals to the daemon, and die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _validate(
+    messages: Sequence[ConsumedMessage], limits: ValidationLimits, now: datetime
+) -> list[PendingRecord | EventRejected]:
+    return prepare_batch(messages, limits, now).parsed
+
+
+class ValidationPool:
+    """Turns polled batches into `PreparedBatch`es, in a worker process or in line."""
+
+    def __init__(self, limits: ValidationLimits, workers: int):
+        self.limits = limits
+        self._executor = (
+            ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker, initargs=(os.getpid(),),
+            ) if workers else None
+        )
+
+    def submit(
+        self, messages: Sequence[ConsumedMessage], now: datetime
+    ) -> Future[PreparedBatch]:
+        """Start validating `messages`; the future's result is the prepared batch."""
+        done: Future[PreparedBatch] = Future()
+        if self._executor is None:
+            done.set_result(prepare_batch(messages, self.limits, now))
+            return done
+        try:
+            parsed = self._executor.submit(_validate, messages, self.limits, now)
+        except BrokenProcessPool as exc:
+            raise AuditServiceError(f"the validation worker is gone: {exc}") from exc
+        parsed.add_done_callback(lambda result: _complete(done, messages, result))
+        return done
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _complete(
+    done: Future[PreparedBatch], messages: Sequence[ConsumedMessage],
+    parsed: Future[list[PendingRecord | EventRejected]],
+) -> None:
+    try:
+        done.set_result(PreparedBatch(messages, parsed.result()))
+    except BrokenProcessPool as exc:
+        done.set_exception(AuditServiceError(
+            f"the validation worker died (killed, or out of memory?): {exc}"))
+    except BaseException as exc:  # handed to the waiting loop, which raises it
+        done.set_exception(exc)

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -44,9 +44,9 @@ REJECTED_REFUSED = "refused"
 """Rejection kind: PostgreSQL refused the record's content."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumedMessage:
-    """A Kafka message as the pipeline needs it, independent of the client library."""
+class ConsumedMessage(NamedTuple):
+    """A Kafka message as the pipeline needs it, independent of the client library (a
+    NamedTuple: batches of them are pickled to the validation worker)."""
 
     topic: str
     partition: int

@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from audit_service.chain import EVENT_FIELDS, ChainHead, canonical_json
 from audit_service.events import EventRejected
@@ -32,10 +32,9 @@ _ROW_PARTS: Final = 5
 """COPY columns: sequence_number, previous_hash, ingested_at, record_hash open in that order."""
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRecord:
-    """A validated event as texts with the links left open: nothing but strings, so it is
-    cheap to pass between processes (see `validation_pool`)."""
+class PendingRecord(NamedTuple):
+    """A validated event as texts with the links left open: nothing but strings in a
+    NamedTuple, the cheapest shape to pickle between processes (see `validation_pool`)."""
 
     tenant_id: str
     audit_id: str
@@ -67,23 +66,28 @@ def _with_open_links(event: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _split_canonical(record: Mapping[str, Any]) -> tuple[str, ...]:
+    parts = tuple(canonical_json(record).split(_OPEN_IN_JSON))
+    if len(parts) != _HASH_PARTS:
+        raise EventRejected("NUL character in the event", record["tenant_id"],
+                            record["audit_id"], kind="nul")
+    return parts
+
+
 def canonical_parts(event: Mapping[str, Any]) -> tuple[str, ...]:
     """The canonical text of `event`'s producer-supplied fields, split at the open links."""
-    parts = tuple(canonical_json(_with_open_links(event)).split(_OPEN_IN_JSON))
-    if len(parts) != _HASH_PARTS:
-        raise EventRejected("NUL character in the event", event["tenant_id"],
-                            event["audit_id"], kind="nul")
-    return parts
+    return _split_canonical(_with_open_links(event))
 
 
 def render(event: Mapping[str, Any], topic: str, partition: int, offset: int) -> PendingRecord:
     """Render a validated event (see `events.parse_event`) for `link`."""
-    row_parts = tuple(copy_line(_with_open_links(event), topic, partition, offset).split(_OPEN))
+    record = _with_open_links(event)
+    row_parts = tuple(copy_line(record, topic, partition, offset).split(_OPEN))
     if len(row_parts) != _ROW_PARTS:
         raise EventRejected("NUL character in the event", event["tenant_id"],
                             event["audit_id"], kind="nul")
     return PendingRecord(event["tenant_id"], event["audit_id"], event["timestamp"],
-                         canonical_parts(event), row_parts)
+                         _split_canonical(record), row_parts)
 
 
 def link(pending: PendingRecord, head: ChainHead, ingested_at: str) -> LinkedRecord:

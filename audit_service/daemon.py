@@ -442,6 +442,7 @@ class Daemon:
         health = self._start_health_server()
         pool = ValidationPool(self.limits, self.settings.validation_workers)
         try:
+            pool.start()
             consumer = AuditConsumer(self.settings)
         except BaseException:
             pool.close()

@@ -49,6 +49,10 @@ def _start_worker(parent: int) -> None:
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 
 
+def _started() -> int:
+    return os.getpid()
+
+
 def _validate(
     messages: Sequence[ConsumedMessage], limits: ValidationLimits, now: datetime
 ) -> list[PendingRecord | EventRejected]:
@@ -66,6 +70,16 @@ class ValidationPool:
                 initializer=_start_worker, initargs=(os.getpid(),),
             ) if workers else None
         )
+
+    def start(self) -> None:
+        """Start the worker now and wait until it answers: spawning takes about a second,
+        which the first batch after startup would otherwise wait for (latency)."""
+        if self._executor is not None:
+            try:
+                worker = self._executor.submit(_started).result()
+            except BrokenProcessPool as exc:
+                raise AuditServiceError(f"cannot start the validation worker: {exc}") from exc
+            log.info("validation worker started", extra={"pid": worker})
 
     def submit(
         self, messages: Sequence[ConsumedMessage], now: datetime

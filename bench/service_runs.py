@@ -30,6 +30,10 @@ class ServiceRun:
     wall_s: float
     first_to_last_s: float
     peak_rss_mib: float
+    """The daemon's own peak resident set."""
+    children_peak_rss_mib: float
+    """The sum of its child processes' peaks (the validation worker, multiprocessing's
+    resource tracker)."""
     verified: bool
 
     @property
@@ -48,29 +52,53 @@ def _env(database_url: str, bootstrap: str, topic: str, health_port: int) -> dic
     }
 
 
+def _peak_kib(pid: int) -> int | None:
+    """VmHWM (peak resident set) of a process, None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2:].split()[1] == str(pid):
+                found.append(int(entry.name))
+    return found
+
+
 class _PeakRss:
-    """Samples the process's VmHWM (peak resident set) until it exits."""
+    """Samples the peak resident set of a process and of its children until it exits."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.peak_kib = 0
+        self.children_peak_kib: dict[int, int] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        status = Path(f"/proc/{self.pid}/status")
-        while True:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-            except (OSError, ValueError):
-                return
+        while (own := _peak_kib(self.pid)) is not None:
+            self.peak_kib = max(self.peak_kib, own)
+            for child in _children(self.pid):
+                peak = _peak_kib(child)
+                if peak is not None:
+                    self.children_peak_kib[child] = max(self.children_peak_kib.get(child, 0), peak)
             time.sleep(0.2)
 
-    def mib(self) -> float:
+    def mib(self) -> tuple[float, float]:
+        """(the process's peak, the sum of its children's peaks), in MiB."""
         self._thread.join(timeout=2)
-        return self.peak_kib / 1024
+        return self.peak_kib / 1024, sum(self.children_peak_kib.values()) / 1024
 
 
 def _verify(database_url: str) -> bool:
@@ -104,7 +132,7 @@ def drain_with_service(
     engine.dispose()
     if count != events:
         raise RuntimeError(f"expected {events} chained records, found {count}")
-    return ServiceRun(events, wall, float(span or 0), rss.mib(), _verify(database_url))
+    return ServiceRun(events, wall, float(span or 0), *rss.mib(), _verify(database_url))
 
 
 @dataclass

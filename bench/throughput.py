@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ceilings import copy_rate, drain_rate
 from naive import naive_rate
-from service_runs import drain_with_service, steady_latency
+from service_runs import ServiceRun, drain_with_service, steady_latency
 from stack import fill_topic, running_stack
 from workload import encoded_events
 
@@ -35,6 +35,15 @@ def _arguments() -> argparse.Namespace:
         args.events, args.rss_events, args.naive_events = 20_000, 40_000, 1_000
         args.latency_seconds = 10.0
     return args
+
+
+def _total_rss(run: ServiceRun) -> float:
+    return run.peak_rss_mib + run.children_peak_rss_mib
+
+
+def _notes(run: ServiceRun) -> str:
+    return (f"verified={run.verified} rss={run.peak_rss_mib:.0f}MiB "
+            f"+children {run.children_peak_rss_mib:.0f}MiB")
 
 
 def _say(message: str) -> None:
@@ -78,10 +87,8 @@ def main() -> None:
         ("ceiling A: kafka-python drain", args.events, ceiling_a, ""),
         ("ceiling B: PostgreSQL COPY", args.events, ceiling_b, ""),
         ("baseline: naive per-event", args.naive_events, baseline, ""),
-        ("service (audit-service run)", args.events, service.rate,
-         f"verified={service.verified} rss={service.peak_rss_mib:.0f}MiB"),
-        ("service, RSS run", args.rss_events, big.rate,
-         f"verified={big.verified} rss={big.peak_rss_mib:.0f}MiB"),
+        ("service (audit-service run)", args.events, service.rate, _notes(service)),
+        ("service, RSS run", args.rss_events, big.rate, _notes(big)),
     ]
     print(f"\n{'run':34} {'events':>9} {'events/s':>10}  notes")
     for name, events, rate, notes in rows:
@@ -89,7 +96,7 @@ def main() -> None:
     ratios = {
         "service / baseline": service.rate / baseline,
         "service / min(ceiling A, ceiling B)": service.rate / ceiling,
-        "peak RSS 1M-run / 200k-run": big.peak_rss_mib / service.peak_rss_mib,
+        "peak RSS 1M-run / 200k-run": _total_rss(big) / _total_rss(service),
     }
     for name, value in ratios.items():
         print(f"{name:40} {value:6.2f}")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import Producer
+from process_usage import Usage, UsageSampler
 from sqlalchemy import create_engine, text
 from workload import wire_event
 
@@ -29,11 +29,7 @@ class ServiceRun:
     events: int
     wall_s: float
     first_to_last_s: float
-    peak_rss_mib: float
-    """The daemon's own peak resident set."""
-    children_peak_rss_mib: float
-    """The sum of its child processes' peaks (the validation worker, multiprocessing's
-    resource tracker)."""
+    usage: Usage
     verified: bool
 
     @property
@@ -50,55 +46,6 @@ def _env(database_url: str, bootstrap: str, topic: str, health_port: int) -> dic
         "AUDIT_KAFKA_SESSION_TIMEOUT_MS": "6000", "AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
         "AUDIT_KAFKA_MAX_POLL_INTERVAL_MS": "30000",
     }
-
-
-def _peak_kib(pid: int) -> int | None:
-    """VmHWM (peak resident set) of a process, None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if stat[stat.rindex(")") + 2:].split()[1] == str(pid):
-                found.append(int(entry.name))
-    return found
-
-
-class _PeakRss:
-    """Samples the peak resident set of a process and of its children until it exits."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.peak_kib = 0
-        self.children_peak_kib: dict[int, int] = {}
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while (own := _peak_kib(self.pid)) is not None:
-            self.peak_kib = max(self.peak_kib, own)
-            for child in _children(self.pid):
-                peak = _peak_kib(child)
-                if peak is not None:
-                    self.children_peak_kib[child] = max(self.children_peak_kib.get(child, 0), peak)
-            time.sleep(0.2)
-
-    def mib(self) -> tuple[float, float]:
-        """(the process's peak, the sum of its children's peaks), in MiB."""
-        self._thread.join(timeout=2)
-        return self.peak_kib / 1024, sum(self.children_peak_kib.values()) / 1024
 
 
 def _verify(database_url: str) -> bool:
@@ -119,20 +66,22 @@ def drain_with_service(
             [sys.executable, "-m", "audit_service", "run", "--exit-when-idle"],
             env=_env(database_url, bootstrap, topic, 0), stdout=log, stderr=subprocess.STDOUT,
         )
-        rss = _PeakRss(process.pid)
+        usage = UsageSampler(process.pid)
         code = process.wait(timeout=3600)
     wall = time.perf_counter() - started
     if code != 0:
         raise RuntimeError(f"daemon exited {code}; see {log_path}")
     engine = create_engine(database_url)
     with engine.connect() as connection:
-        count, span = connection.execute(text(
-            "SELECT count(*), EXTRACT(EPOCH FROM max(ingested_at) - min(ingested_at)) "
-            "FROM audit_records WHERE sequence_number > 0")).one()
+        count, first, last = connection.execute(text(
+            "SELECT count(*), EXTRACT(EPOCH FROM min(ingested_at)), "
+            "EXTRACT(EPOCH FROM max(ingested_at)) FROM audit_records "
+            "WHERE sequence_number > 0")).one()
     engine.dispose()
     if count != events:
         raise RuntimeError(f"expected {events} chained records, found {count}")
-    return ServiceRun(events, wall, float(span or 0), *rss.mib(), _verify(database_url))
+    return ServiceRun(events, wall, float(last - first), usage.result(float(first), float(last)),
+                      _verify(database_url))
 
 
 @dataclass

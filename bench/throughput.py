@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ceilings import copy_rate, drain_rate
@@ -38,12 +40,27 @@ def _arguments() -> argparse.Namespace:
 
 
 def _total_rss(run: ServiceRun) -> float:
-    return run.peak_rss_mib + run.children_peak_rss_mib
+    return run.usage.peak_rss_mib + run.usage.children_peak_rss_mib
 
 
 def _notes(run: ServiceRun) -> str:
-    return (f"verified={run.verified} rss={run.peak_rss_mib:.0f}MiB "
-            f"+children {run.children_peak_rss_mib:.0f}MiB")
+    return (f"verified={run.verified} rss={run.usage.peak_rss_mib:.0f}MiB "
+            f"+children {run.usage.children_peak_rss_mib:.0f}MiB")
+
+
+def _cpu_profile(name: str, run: ServiceRun) -> str:
+    """One line: CPU microseconds per event by role between the first and the last record,
+    and how many cores they kept busy meanwhile."""
+    per_event = run.usage.cpu_us_per_event(run.events)
+    roles = " | ".join(f"{role} {us:.0f}" for role, us in per_event.items())
+    return (f"CPU us/event, {name}: {roles} | total {sum(per_event.values()):.0f} "
+            f"({run.usage.cores_busy:.2f} of {os.cpu_count()} cores busy from the first to "
+            "the last record)")
+
+
+def _service_result(run: ServiceRun) -> dict[str, object]:
+    return asdict(run) | {"rate": run.rate,
+                          "cpu_us_per_event": run.usage.cpu_us_per_event(run.events)}
 
 
 def _say(message: str) -> None:
@@ -100,13 +117,15 @@ def main() -> None:
     }
     for name, value in ratios.items():
         print(f"{name:40} {value:6.2f}")
+    print(_cpu_profile("service run", service))
+    print(_cpu_profile("RSS run", big))
     print(f"latency at {args.latency_rate}/s over {latency.events} events (timestamp -> "
           f"ingested_at): p50 {latency.p50_ms:.0f} ms, p95 {latency.p95_ms:.0f} ms, "
           f"p99 {latency.p99_ms:.0f} ms, max {latency.max_ms:.0f} ms")
     results.update({
         "ceiling_a_events_per_s": ceiling_a, "ceiling_b_rows_per_s": ceiling_b,
-        "baseline_events_per_s": baseline, "service": vars(service) | {"rate": service.rate},
-        "service_rss_run": vars(big) | {"rate": big.rate}, "ratios": ratios,
+        "baseline_events_per_s": baseline, "service": _service_result(service),
+        "service_rss_run": _service_result(big), "ratios": ratios,
         "latency_ms": vars(latency),
     })
     (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2))

@@ -120,12 +120,20 @@ class _BatchChainer:
             self.copy_lines.append(row)
         return None
 
+    def advance_head(self, head: ChainHead, timestamp: str) -> None:
+        """Move a tenant's head past a record just appended; every appended record, genesis
+        included, must go through here, or its head is not saved with the batch (an empty
+        head must never survive a commit that stored a genesis)."""
+        self.heads[head.tenant_id] = head
+        self.last_timestamps[head.tenant_id] = timestamp
+        self.outcome.tenants.add(head.tenant_id)
+
     def start_chain(self, tenant: str) -> str | None:
         """Append a new tenant's genesis record; returns a refusal reason or None."""
         genesis = genesis_record(tenant, self.now)
         refusal = self.append(copy_line(genesis, None, None, None), lambda: genesis, None)
         if refusal is None:
-            self.heads[tenant] = advance(self.heads[tenant], genesis)
+            self.advance_head(advance(self.heads[tenant], genesis), genesis["timestamp"])
             self.outcome.genesis += 1
         return refusal
 
@@ -143,12 +151,10 @@ class _BatchChainer:
         if refusal:
             self.reject(message, refusal, REJECTED_REFUSED, tenant, pending.audit_id)
             return False
-        self.heads[tenant] = ChainHead(tenant, linked.sequence_number, linked.record_hash)
-        timestamp = pending.timestamp
-        self.last_timestamps[tenant] = timestamp
-        self.outcome.tenants.add(tenant)
+        self.advance_head(ChainHead(tenant, linked.sequence_number, linked.record_hash),
+                          pending.timestamp)
         self.outcome.chained += 1
-        self.outcome.event_timestamps.append(timestamp)
+        self.outcome.event_timestamps.append(pending.timestamp)
         return True
 
     def run(self, batch: PreparedBatch) -> None:

@@ -6,8 +6,17 @@ import json
 import secrets
 
 import pytest
-from support import chain_of, encode, produce, rejections, run_until_idle, wire_event
+from support import (
+    chain_of,
+    encode,
+    produce,
+    rejections,
+    run_until_idle,
+    scalar,
+    wire_event,
+)
 
+from audit_service.chain import verify_chain
 from audit_service.config import Settings
 
 TENANT = "tenant-bad"
@@ -87,3 +96,29 @@ def test_a_row_postgresql_refuses_is_isolated_not_the_whole_batch(
     assert "PostgreSQL refused" in refused.reason and "index row" in refused.reason
     assert refused.audit_id == events[2]["audit_id"]
     assert (totals.chained, totals.rejected) == (5, 1)
+
+
+def test_a_new_tenant_whose_first_event_is_refused_keeps_its_genesis_head(
+    settings: Settings, kafka_bootstrap: str, topic: str
+) -> None:
+    # The genesis is stored in the same transaction as the refused event, so the tenant's
+    # head must say so; a head left empty would make every later genesis a duplicate key.
+    tenant = "tenant-first-refused"
+    refused = wire_event(tenant, actor_id=secrets.token_hex(6000))
+    produce(kafka_bootstrap, topic, [encode(refused)], partition=2)
+    first = run_until_idle(settings)
+    assert (first.chained, first.rejected) == (0, 1)
+    assert scalar(settings.database_url,
+                  "SELECT last_sequence FROM audit_chain_state WHERE tenant_id = :t", t=tenant) == 0
+
+    later = [wire_event(tenant) for _ in range(3)]
+    produce(kafka_bootstrap, topic, [encode(e) for e in later], partition=2)
+    second = run_until_idle(settings)
+
+    assert (second.chained, second.rejected) == (3, 0)
+    chain = chain_of(settings.database_url, tenant)
+    assert [r["sequence_number"] for r in chain] == [0, 1, 2, 3]
+    assert [r["audit_id"] for r in chain[1:]] == [e["audit_id"] for e in later]
+    assert verify_chain(tenant, chain).valid
+    assert scalar(settings.database_url,
+                  "SELECT last_sequence FROM audit_chain_state WHERE tenant_id = :t", t=tenant) == 3

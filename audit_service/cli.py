@@ -122,9 +122,10 @@ def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
                            within about this long however large the batch size.
       --validation-workers N
                            processes that validate batches beside the daemon's GIL
-                           (default 1; 0 validates in the daemon itself). One keeps
-                           two cores busy with PostgreSQL; more only help with more
-                           cores to spare.
+                           (default 1, at most 3; 0 validates in the daemon itself).
+                           One keeps two cores busy with PostgreSQL; more only help
+                           with more cores to spare, and at most three batches are
+                           ever in flight.
       in-flight batches    fixed at three: N+2 is polled while N+1 is validated and
                            N commits; transactions run one at a time in poll order
                            (a second would only queue on N's row locks).

@@ -49,7 +49,8 @@ class Settings(BaseModel):
     consumer_group: str = Field("aluskort.audit-service", min_length=1)
     batch_size: int = Field(2000, ge=1, le=100_000)
     poll_timeout_ms: int = Field(500, ge=1, le=60_000)
-    validation_workers: int = Field(1, ge=0, le=64)
+    validation_workers: int = Field(1, ge=0, le=3)
+    """At most three batches are in flight, so a fourth worker would never get one."""
     max_event_bytes: int = Field(1_048_576, ge=1024)
     max_clock_skew_s: int = Field(86_400, ge=0)
     health_host: str = "127.0.0.1"

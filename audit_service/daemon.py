@@ -440,12 +440,14 @@ class Daemon:
         with self.engine.connect() as connection:
             ensure_schema_current(connection)
         health = self._start_health_server()
-        pool = ValidationPool(self.limits, self.settings.validation_workers)
+        pool: ValidationPool | None = None
         try:
+            pool = ValidationPool(self.limits, self.settings.validation_workers)
             pool.start()
             consumer = AuditConsumer(self.settings)
         except BaseException:
-            pool.close()
+            if pool is not None:
+                pool.close()
             if health is not None:
                 health.stop()
             self.observer_engine.dispose()

@@ -20,9 +20,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from datetime import datetime
 
 from audit_service.batch import ConsumedMessage, PreparedBatch, prepare_batch
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ORPHAN_CHECK_S = 1.0
 """How often a worker checks that the daemon that started it is still alive."""
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -47,6 +49,23 @@ def _start_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT/SIGTERM in this thread while the executor may spawn a worker.
+
+    A spawned worker inherits the mask, so a stop signal sent to the whole process group
+    or cgroup (Ctrl-C, `systemctl stop`) in the second before its initializer ignores them
+    cannot kill it. The daemon itself misses nothing: its other threads still receive the
+    signals, and anything sent to this thread stays pending until the mask is restored.
+    (multiprocessing's resource tracker is started the same way.)
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _started() -> int:
@@ -64,19 +83,24 @@ class ValidationPool:
 
     def __init__(self, limits: ValidationLimits, workers: int):
         self.limits = limits
-        self._executor = (
-            ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(os.getpid(),),
-            ) if workers else None
-        )
+        try:
+            self._executor = (
+                ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker, initargs=(os.getpid(),),
+                ) if workers else None
+            )
+        except OSError as exc:  # its queues need semaphores (/dev/shm)
+            raise AuditServiceError(f"cannot set up the validation worker: {exc}") from exc
 
     def start(self) -> None:
         """Start the worker now and wait until it answers: spawning takes about a second,
         which the first batch after startup would otherwise wait for (latency)."""
         if self._executor is not None:
             try:
-                worker = self._executor.submit(_started).result()
+                with _stop_signals_blocked():
+                    started = self._executor.submit(_started)
+                worker = started.result()
             except BrokenProcessPool as exc:
                 raise AuditServiceError(f"cannot start the validation worker: {exc}") from exc
             log.info("validation worker started", extra={"pid": worker})
@@ -90,7 +114,8 @@ class ValidationPool:
             done.set_result(prepare_batch(messages, self.limits, now))
             return done
         try:
-            parsed = self._executor.submit(_validate, messages, self.limits, now)
+            with _stop_signals_blocked():
+                parsed = self._executor.submit(_validate, messages, self.limits, now)
         except BrokenProcessPool as exc:
             raise AuditServiceError(f"the validation worker is gone: {exc}") from exc
         parsed.add_done_callback(lambda result: _complete(done, messages, result))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,9 @@ ORPHAN_TIMEOUT_S = 5.0
 WORKER_DEATH_EXIT_S = 60.0
 """From the worker's death and new events to the daemon's exit (it notices at the next batch)."""
 DRAIN_TIMEOUT_S = 90.0
+SPAWN_WATCH_S = 0.002
+"""How often the start-up test looks for the new worker: it must signal it well within the
+second that a spawned Python takes to reach the worker's initializer."""
 TENANTS = ["tenant-worker-a", "tenant-worker-b", "tenant-worker-c"]
 
 
@@ -64,8 +68,8 @@ def _produce(bootstrap: str, topic: str, per_tenant: int,
 
 
 def _workers_of(daemon: ServiceProcess, seen: list[ChildProcess]) -> list[ChildProcess]:
-    """The daemon's Python children once a validation worker is among them (bounded wait).
-    The pool starts its worker at the first batch, so call this after something chained."""
+    """The daemon's Python children once a validation worker is among them (bounded wait;
+    the daemon starts its worker before it joins the group)."""
     def probe() -> list[ChildProcess] | None:
         children = python_children(daemon.pid)
         return children if any(child.is_worker for child in children) else None
@@ -154,3 +158,35 @@ def test_sigterm_during_a_stream_exits_0_and_leaves_no_worker(
     left = wait_until_gone(children, ORPHAN_TIMEOUT_S)
     assert not left, f"still running after a clean stop: {_describe(left)}"
     stream.finish()
+
+
+def test_a_stop_signal_in_the_workers_first_second_does_not_kill_it(
+    database_url: str, kafka_bootstrap: str, topic: str, daemons: ServiceProcesses,
+    seen_children: list[ChildProcess], tmp_path: Path,
+) -> None:
+    """Ctrl-C and `systemctl stop` signal every process of the group or cgroup, the worker
+    included, and the worker only ignores SIGINT/SIGTERM once its initializer has run. A
+    signal before that (here SIGTERM, sent the moment the worker exists) must not kill it:
+    the daemon goes on chaining, and stops with 0 when it is signalled itself."""
+    settings = fault_settings(database_url, kafka_bootstrap, topic)
+    daemon = daemons.start(settings)
+
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    while not (workers := [c for c in python_children(daemon.pid) if c.is_worker]):
+        assert daemon.running() and time.monotonic() < deadline, (
+            f"no worker was spawned\n{daemon.tail()}")
+        time.sleep(SPAWN_WATCH_S)
+    [worker] = workers
+    seen_children.append(worker)
+    os.kill(worker.pid, signal.SIGTERM)
+
+    produced: dict[str, list[str]] = {}
+    count = _produce(kafka_bootstrap, topic, 10, produced)
+    daemon.wait_for(chained_at_least(database_url, count), PROGRESS_TIMEOUT_S,
+                    "events chained by the signalled worker")
+    assert worker.alive(), "the worker died of a signal sent while it started"
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait(PROCESS_STOP_TIMEOUT_S)
+    assert code == 0, f"exit {code}\n{daemon.tail()}"
+    assert_each_exactly_once(database_url, produced)
+    verify_ok(database_url, tmp_path)

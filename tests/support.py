@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -241,6 +242,12 @@ class ServiceProcess:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             pytest.fail(f"daemon {self.pid} still running {timeout_s}s later\n{self.tail()}")
+
+    def stop(self) -> int:
+        """SIGTERM and the exit code; fails the test (with the log) if it does not exit
+        within PROCESS_STOP_TIMEOUT_S."""
+        self.signal(signal.SIGTERM)
+        return self.wait()
 
     def kill(self) -> None:
         """SIGKILL (a crash) and reap it."""

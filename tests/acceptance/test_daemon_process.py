@@ -9,7 +9,6 @@ bounded, and every process a test starts is killed in teardown if it is still ru
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -22,12 +21,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy import create_engine, text
 from support import (
+    FAULT_GROUP_TIMINGS,
+    ServiceProcesses,
     chain_of,
     encode,
     produce,
@@ -35,6 +36,7 @@ from support import (
     rejections,
     run_until_idle,
     scalar,
+    service_processes,
     wire_event,
 )
 
@@ -43,8 +45,6 @@ from audit_service.devstack import free_port
 
 READY_TIMEOUT_S = 30.0
 """Process start + first consumer-group join (~3 s here) must fit well inside this."""
-STOP_TIMEOUT_S = 10.0
-"""SPEC 5: SIGTERM/SIGINT exit 0 within ~10 s."""
 PROGRESS_TIMEOUT_S = 30.0
 """How long a (re)started daemon may take to chain its first new records."""
 DRAIN_TIMEOUT_S = 90.0
@@ -52,22 +52,9 @@ DRAIN_TIMEOUT_S = 90.0
 CLI_TIMEOUT_S = 30.0
 """Upper bound for a short CLI command (verify, a refused run)."""
 HTTP_TIMEOUT_S = 5.0
-POLL_INTERVAL_S = 0.05
-LOG_TAIL_CHARS = 3000
-
-FAST_REJOIN_ENV = {
-    "AUDIT_KAFKA_SESSION_TIMEOUT_MS": "3000",
-    "AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-    "AUDIT_KAFKA_MAX_POLL_INTERVAL_MS": "3000",
-}
-"""Group timings for the SIGKILL test. A killed member stays in the group until its session
-expires and the broker holds the next join until then: ~11 s per restart with the fixture's
-6 s session / 10 s poll interval, 2-7 s with these. Correctness must not depend on them."""
 
 UNREACHABLE_DATABASE_URL = "postgresql+psycopg2://postgres:s3cret-pw@127.0.0.1:1/audit"
 """Nothing listens on port 1; the password must never appear in any output."""
-
-T = TypeVar("T")
 
 
 # --- running the CLI -------------------------------------------------------------------
@@ -82,25 +69,6 @@ def _base_environ() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("AUDIT_")}
 
 
-def _service_env(settings: Settings, *, batch_size: int, health_port: int = 0) -> dict[str, str]:
-    env = _base_environ()
-    env.update({
-        "AUDIT_DATABASE_URL": settings.database_url,
-        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "AUDIT_KAFKA_TOPIC": settings.kafka_topic,
-        "AUDIT_CONSUMER_GROUP": settings.consumer_group,
-        "AUDIT_HEALTH_HOST": "127.0.0.1",
-        "AUDIT_HEALTH_PORT": str(health_port),
-        "AUDIT_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
-        "AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS": str(settings.kafka_heartbeat_interval_ms),
-        "AUDIT_KAFKA_MAX_POLL_INTERVAL_MS": str(settings.kafka_max_poll_interval_ms),
-        "AUDIT_POLL_TIMEOUT_MS": str(settings.poll_timeout_ms),
-        "AUDIT_BATCH_SIZE": str(batch_size),
-        "AUDIT_RETRY_MAX_BACKOFF_S": str(settings.retry_max_backoff_s),
-    })
-    return env
-
-
 def _run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """A short CLI command to completion, bounded in time."""
     return subprocess.run(
@@ -113,95 +81,27 @@ def _outputs(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
-class DaemonProcess:
-    """One `audit-service run` subprocess; its stdout and stderr go to a log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path):
-        self.log_path = log_path
-        with log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(
-                _cli_command("run", *args), env=env, cwd=cwd,
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def send(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float) -> int:
-        """The exit code; fails the test (with the log) if it does not exit in time."""
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"daemon still running {timeout_s}s later\n{self.tail()}")
-
-    def kill(self) -> None:
-        if self.running():
-            self.process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL cannot be ignored
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-
-    def tail(self) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            text = "(no log)"
-        return f"--- {self.log_path.name} (last {LOG_TAIL_CHARS} chars)\n{text[-LOG_TAIL_CHARS:]}"
-
-
-class DaemonLauncher:
-    """Starts daemons for one test and kills whatever is left of them in teardown."""
-
-    def __init__(self, settings: Settings, workdir: Path):
-        self.settings = settings
-        self.workdir = workdir
-        self.started: list[DaemonProcess] = []
-
-    def start(self, *args: str, batch_size: int = 100, health_port: int = 0,
-              **environ: str) -> DaemonProcess:
-        env = _service_env(self.settings, batch_size=batch_size, health_port=health_port)
-        env.update(environ)
-        log_path = self.workdir / f"daemon-{len(self.started) + 1}.log"
-        daemon = DaemonProcess(list(args), env, log_path, self.workdir)
-        self.started.append(daemon)
-        return daemon
-
-    def kill_all(self) -> None:
-        for daemon in self.started:
-            daemon.kill()
+def _daemon_environ(settings: Settings, **overrides: str) -> dict[str, str]:
+    """AUDIT_* overrides of support.process_environ for this module's daemons: batch size
+    100 and the `settings` fixture's group timings (6 s session, 10 s poll interval) instead
+    of the fast FAULT_GROUP_TIMINGS, which only the SIGKILL test wants; then `overrides`."""
+    return {
+        "AUDIT_BATCH_SIZE": "100",
+        "AUDIT_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+        "AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS": str(settings.kafka_heartbeat_interval_ms),
+        "AUDIT_KAFKA_MAX_POLL_INTERVAL_MS": str(settings.kafka_max_poll_interval_ms),
+        **overrides,
+    }
 
 
 @pytest.fixture
-def daemons(settings: Settings, tmp_path: Path) -> Iterator[DaemonLauncher]:
+def daemons(tmp_path: Path) -> Iterator[ServiceProcesses]:
     # The working directory is tmp_path, so the repository's ./audit.ini is not read:
     # the run is configured by the environment alone.
-    launcher = DaemonLauncher(settings, tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.kill_all()
+    yield from service_processes(tmp_path)
 
 
 # --- observing the daemon --------------------------------------------------------------
-
-
-def _wait_for(
-    probe: Callable[[], T | None], timeout_s: float, what: str, daemon: DaemonProcess
-) -> T:
-    """Poll `probe` until it returns a value; fail if the daemon exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if not daemon.running():
-            pytest.fail(f"daemon exited ({daemon.process.returncode}) while waiting for "
-                        f"{what}\n{daemon.tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{daemon.tail()}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 def _http(port: int, path: str, method: str = "GET") -> tuple[int, str, Any]:
@@ -334,12 +234,12 @@ def _verify_exits_0(settings: Settings, workdir: Path) -> str:
 
 
 def test_health_and_ready_answer_json_and_sigterm_closes_the_port(
-    daemons: DaemonLauncher,
+    daemons: ServiceProcesses, settings: Settings,
 ) -> None:
     port = free_port()
-    daemon = daemons.start(health_port=port)
+    daemon = daemons.start(settings, **_daemon_environ(settings, AUDIT_HEALTH_PORT=str(port)))
 
-    ready = _wait_for(_ready_body(port), READY_TIMEOUT_S, "/ready to answer 200", daemon)
+    ready = daemon.wait_for(_ready_body(port), READY_TIMEOUT_S, "/ready to answer 200")
     assert ready["database"] == "ok", ready
     assert ready["assigned_partitions"] == [0, 1, 2, 3], ready
 
@@ -357,8 +257,7 @@ def test_health_and_ready_answer_json_and_sigterm_closes_the_port(
     status, _, _ = _http(port, "/health", method="POST")
     assert status == 405
 
-    daemon.send(signal.SIGTERM)
-    assert daemon.wait(STOP_TIMEOUT_S) == 0, daemon.tail()
+    assert daemon.stop() == 0, daemon.tail()
     assert not _port_open(port), f"port {port} still accepts connections after exit"
 
 
@@ -366,19 +265,18 @@ def test_health_and_ready_answer_json_and_sigterm_closes_the_port(
 
 
 def test_sigterm_mid_stream_exits_0_promptly_and_loses_nothing(
-    daemons: DaemonLauncher, settings: Settings, kafka_bootstrap: str, topic: str,
+    daemons: ServiceProcesses, settings: Settings, kafka_bootstrap: str, topic: str,
     tmp_path: Path,
 ) -> None:
     tenants = [f"tenant-term-{index}" for index in range(5)]
     produced: dict[str, list[str]] = {}
     _produce_round_robin(kafka_bootstrap, topic, tenants, 3000, produced)
-    daemon = daemons.start(batch_size=50)
+    daemon = daemons.start(settings, **_daemon_environ(settings, AUDIT_BATCH_SIZE="50"))
 
-    _wait_for(_chained_more_than(settings.database_url, 0), PROGRESS_TIMEOUT_S,
-              "the first records to be chained", daemon)
-    daemon.send(signal.SIGTERM)
+    daemon.wait_for(_chained_more_than(settings.database_url, 0), PROGRESS_TIMEOUT_S,
+                    "the first records to be chained")
     signalled = time.monotonic()
-    assert daemon.wait(STOP_TIMEOUT_S) == 0, daemon.tail()
+    assert daemon.stop() == 0, daemon.tail()
     stop_s = time.monotonic() - signalled
 
     # A clean stop leaves no half-written batch: the offsets stored in the database cover
@@ -411,12 +309,12 @@ def _waiting_on_a_lock(database_url: str) -> Callable[[], bool | None]:
 
 
 def test_sigterm_while_the_batch_waits_for_a_tenant_lock_exits_0_promptly(
-    daemons: DaemonLauncher, settings: Settings, kafka_bootstrap: str, topic: str,
+    daemons: ServiceProcesses, settings: Settings, kafka_bootstrap: str, topic: str,
 ) -> None:
     produce_events(kafka_bootstrap, topic, [wire_event("tenant-locked")])
-    daemon = daemons.start()
-    _wait_for(_chained_more_than(settings.database_url, 0), PROGRESS_TIMEOUT_S,
-              "the tenant's first record", daemon)
+    daemon = daemons.start(settings, **_daemon_environ(settings))
+    daemon.wait_for(_chained_more_than(settings.database_url, 0), PROGRESS_TIMEOUT_S,
+                    "the tenant's first record")
     # Hold the tenant's head the way a second instance in the middle of a batch does
     # (SPEC 5: two instances may briefly hold the same partition).
     engine = create_engine(settings.database_url)
@@ -427,11 +325,10 @@ def test_sigterm_while_the_batch_waits_for_a_tenant_lock_exits_0_promptly(
                     "SELECT * FROM audit_chain_state WHERE tenant_id = 'tenant-locked' "
                     "FOR UPDATE"))
                 produce_events(kafka_bootstrap, topic, [wire_event("tenant-locked")])
-                _wait_for(_waiting_on_a_lock(settings.database_url), PROGRESS_TIMEOUT_S,
-                          "the batch to wait for the tenant lock", daemon)
+                daemon.wait_for(_waiting_on_a_lock(settings.database_url), PROGRESS_TIMEOUT_S,
+                                "the batch to wait for the tenant lock")
 
-                daemon.send(signal.SIGTERM)
-                assert daemon.wait(STOP_TIMEOUT_S) == 0, daemon.tail()
+                assert daemon.stop() == 0, daemon.tail()
             finally:
                 daemon.kill()  # while the lock is held, so nothing commits after the test
     finally:
@@ -442,7 +339,7 @@ def test_sigterm_while_the_batch_waits_for_a_tenant_lock_exits_0_promptly(
 
 
 def test_sigkill_at_random_moments_then_restart_chains_each_event_once_in_order(
-    daemons: DaemonLauncher, settings: Settings, kafka_bootstrap: str, topic: str,
+    daemons: ServiceProcesses, settings: Settings, kafka_bootstrap: str, topic: str,
     tmp_path: Path,
 ) -> None:
     # Events arrive in waves, one before each start, so every incarnation has work in
@@ -455,20 +352,24 @@ def test_sigkill_at_random_moments_then_restart_chains_each_event_once_in_order(
     produced: dict[str, list[str]] = {}
     history: list[str] = []
     last_count = 0
+    # Fast group timings: a killed member stays in the group until its session expires and
+    # the broker holds the next join until then: ~11 s per restart with the fixture's 6 s
+    # session / 10 s poll interval, 2-7 s with these. Correctness must not depend on them.
+    environ = _daemon_environ(settings, **FAULT_GROUP_TIMINGS)
 
     for round_number in range(1, kills + 1):
         _produce_one_partition_per_tenant(kafka_bootstrap, topic, tenants, per_tenant, produced)
-        daemon = daemons.start(batch_size=100, **FAST_REJOIN_ENV)
-        _wait_for(_chained_more_than(settings.database_url, last_count), PROGRESS_TIMEOUT_S,
-                  f"progress after start {round_number} (seed {seed})", daemon)
+        daemon = daemons.start(settings, **environ)
+        daemon.wait_for(_chained_more_than(settings.database_url, last_count),
+                        PROGRESS_TIMEOUT_S, f"progress after start {round_number} (seed {seed})")
         delay_s = rng.uniform(0.0, 0.3)
         time.sleep(delay_s)
-        daemon.send(signal.SIGKILL)
-        daemon.wait(STOP_TIMEOUT_S)
+        daemon.signal(signal.SIGKILL)
+        daemon.wait()
         last_count = _chained(settings.database_url)
         history.append(f"kill {round_number} +{delay_s:.3f}s: {last_count} chained")
 
-    final = daemons.start("--exit-when-idle", batch_size=100, **FAST_REJOIN_ENV)
+    final = daemons.start(settings, "--exit-when-idle", **environ)
     assert final.wait(DRAIN_TIMEOUT_S) == 0, final.tail()
 
     context = f" (seed {seed}; {'; '.join(history)})"

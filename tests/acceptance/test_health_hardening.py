@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from running_daemon import RunningDaemon, answering, cli_environ
-from support import encode, scalar, wire_event
+from running_daemon import answering, cli_environ
+from support import ServiceProcess, encode, scalar, wire_event
 
 from audit_service.config import Settings
 from audit_service.devstack import free_port
@@ -101,7 +101,7 @@ def flowing_events(settings: Settings, kafka_bootstrap: str, topic: str) -> Iter
 
 @dataclass(frozen=True)
 class Target:
-    daemon: RunningDaemon
+    daemon: ServiceProcess
     port: int
 
 
@@ -116,7 +116,7 @@ def target(settings: Settings, flowing_events: None, tmp_path: Path) -> Iterator
         AUDIT_HEALTH_PORT=str(port), AUDIT_POLL_TIMEOUT_MS="100", AUDIT_BATCH_SIZE="20",
         AUDIT_KAFKA_SESSION_TIMEOUT_MS="6000", AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS="1000",
         AUDIT_KAFKA_MAX_POLL_INTERVAL_MS="10000")
-    running = RunningDaemon(env, tmp_path / "daemon.log", tmp_path)
+    running = ServiceProcess([], env, tmp_path / "daemon.log", tmp_path)
     try:
         running.wait_for(answering(port, "/ready"), READY_TIMEOUT_S, "/ready to answer 200")
         running.wait_for(lambda: _chained(settings.database_url) or None, READY_TIMEOUT_S,

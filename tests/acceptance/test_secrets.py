@@ -19,10 +19,10 @@ from urllib.parse import quote
 
 import pytest
 import sqlalchemy
-from running_daemon import RunningDaemon, answering, cli_environ, http_get, run_cli
+from running_daemon import answering, cli_environ, http_get, run_cli
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from support import encode, produce, scalar, wire_event
+from support import ServiceProcess, encode, produce, scalar, wire_event
 
 from audit_service.config import Settings
 from audit_service.devstack import free_port
@@ -129,7 +129,7 @@ def test_the_password_from_a_file_is_used_and_never_printed(
         AUDIT_LOG_LEVEL="DEBUG", AUDIT_LOG_FORMAT="json")
     produce(kafka_bootstrap, topic, [encode(wire_event("tenant-secret")),
                                      (b"tenant-secret", b"not json")])
-    daemon = RunningDaemon(env, tmp_path / "daemon.log", tmp_path)
+    daemon = ServiceProcess([], env, tmp_path / "daemon.log", tmp_path)
     try:
         daemon.wait_for(answering(port, "/ready"), READY_TIMEOUT_S, "/ready to answer 200")
         daemon.wait_for(

@@ -312,9 +312,10 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
 
 
 def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str,
-               daemon: ServiceProcess | None = None) -> T:
-    """Poll `probe` until it returns a value (not None); fail when time runs out, or when
-    `daemon` exits meanwhile."""
+               daemon: ServiceProcess | None = None,
+               interval_s: float = WAIT_INTERVAL_S) -> T:
+    """Poll `probe` every `interval_s` until it returns a value (not None); fail when time
+    runs out, or when `daemon` exits meanwhile."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = probe()
@@ -326,7 +327,7 @@ def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             detail = f"\n{daemon.tail()}" if daemon is not None else ""
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}{detail}")
-        time.sleep(WAIT_INTERVAL_S)
+        time.sleep(interval_s)
 
 
 def http_status(port: int, path: str) -> int | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,8 +150,7 @@ def test_sigterm_during_a_stream_exits_0_and_leaves_no_worker(
                     "the stream being chained")
     assert stream.is_alive(), "the stream ended before the signal; it must still be flowing"
 
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(PROCESS_STOP_TIMEOUT_S)
+    code = daemon.stop()
 
     assert code == 0, f"exit {code}\n{daemon.tail()}"
     left = wait_until_gone(children, ORPHAN_TIMEOUT_S)
@@ -171,12 +169,11 @@ def test_a_stop_signal_in_the_workers_first_second_does_not_kill_it(
     settings = fault_settings(database_url, kafka_bootstrap, topic)
     daemon = daemons.start(settings)
 
-    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
-    while not (workers := [c for c in python_children(daemon.pid) if c.is_worker]):
-        assert daemon.running() and time.monotonic() < deadline, (
-            f"no worker was spawned\n{daemon.tail()}")
-        time.sleep(SPAWN_WATCH_S)
-    [worker] = workers
+    def spawned_workers() -> list[ChildProcess] | None:
+        return [child for child in python_children(daemon.pid) if child.is_worker] or None
+
+    [worker] = wait_until(spawned_workers, PROGRESS_TIMEOUT_S, "the worker being spawned",
+                          daemon, interval_s=SPAWN_WATCH_S)
     seen_children.append(worker)
     os.kill(worker.pid, signal.SIGTERM)
 
@@ -185,8 +182,7 @@ def test_a_stop_signal_in_the_workers_first_second_does_not_kill_it(
     daemon.wait_for(chained_at_least(database_url, count), PROGRESS_TIMEOUT_S,
                     "events chained by the signalled worker")
     assert worker.alive(), "the worker died of a signal sent while it started"
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(PROCESS_STOP_TIMEOUT_S)
+    code = daemon.stop()
     assert code == 0, f"exit {code}\n{daemon.tail()}"
     assert_each_exactly_once(database_url, produced)
     verify_ok(database_url, tmp_path)

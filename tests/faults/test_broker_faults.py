@@ -15,7 +15,6 @@ The module runs its own broker (it is killed and restarted); PostgreSQL is the s
 from __future__ import annotations
 
 import re
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -141,8 +140,7 @@ def test_an_emptied_broker_is_reported_then_resumed_only_by_an_explicit_policy(
     moved = [line for line in second.output().splitlines()
              if " ERROR " in line and "stored offset 250 is beyond the end" in line]
     assert len(moved) == PARTITIONS, second.tail()
-    second.signal(signal.SIGTERM)
-    assert second.wait() == 0, second.tail()
+    assert second.stop() == 0, second.tail()
 
     # 4. A daemon on fixed partitions (no group, so no re-join to notice the new broker)
     #    lives through another crash, and the new log outgrows the stored offsets (100)
@@ -159,8 +157,7 @@ def test_an_emptied_broker_is_reported_then_resumed_only_by_an_explicit_policy(
     moved = [line for line in third.output().splitlines() if " ERROR " in line
              and re.search(r"stored offset (100|150) belongs to an earlier topic", line)]
     assert len(moved) == PARTITIONS, third.tail()
-    third.signal(signal.SIGTERM)
-    assert third.wait() == 0, third.tail()
+    assert third.stop() == 0, third.tail()
 
     # Tansu serves the first fetches after its return before the client's metadata shows
     # the new topic id, so offsets 100-149 of the new log may be chained before 0-99 (their

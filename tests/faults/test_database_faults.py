@@ -9,7 +9,6 @@ session's.
 from __future__ import annotations
 
 import re
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -133,8 +132,7 @@ def test_terminated_connections_and_a_statement_timeout_are_retried_without_skip
     stream.finish()
     daemon.wait_for(chained_at_least(own_database_url, stream.valid), DRAIN_TIMEOUT_S,
                     "the whole stream")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait() == 0, daemon.tail()
+    assert daemon.stop() == 0, daemon.tail()
     output = daemon.output()
     assert re.search(r"batch failed, will retry error='.*(server closed the connection "
                      r"unexpectedly|terminating connection|connection already closed)",
@@ -173,8 +171,7 @@ def test_the_database_down_for_30_s_flips_ready_and_the_stream_resumes_without_s
     stream.finish()
     daemon.wait_for(chained_at_least(own_database_url, stream.valid), DRAIN_TIMEOUT_S,
                     "the whole stream")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait() == 0, daemon.tail()
+    assert daemon.stop() == 0, daemon.tail()
     assert "batch failed, will retry" in daemon.output(), daemon.tail()
 
     tally = assert_each_exactly_once(own_database_url, stream.produced, stream.rejected)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, create_engine, text
 from support import (
-    PROCESS_STOP_TIMEOUT_S,
     ServiceProcess,
     ServiceProcesses,
     StreamProducer,
@@ -81,8 +80,7 @@ def _signal_at_a_risky_moment(daemon: ServiceProcess, action: str, number: int,
         daemon.signal(signal.SIGKILL)
         daemon.wait()
     else:
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait(PROCESS_STOP_TIMEOUT_S) == 0, daemon.tail()
+        assert daemon.stop() == 0, daemon.tail()
     return moment
 
 
@@ -153,8 +151,7 @@ def test_sigterm_while_a_batch_is_in_flight_commits_or_rolls_it_back_and_exits_0
     waves[0].finish()
     first = daemons.start(settings)
     first.wait_for(chained_at_least(database_url, 4), PROGRESS_TIMEOUT_S, "every tenant's head")
-    first.signal(signal.SIGTERM)
-    assert first.wait() == 0, first.tail()
+    assert first.stop() == 0, first.tail()
 
     engine = create_engine(database_url)
     try:

@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool, text
 
 from audit_service.config import load_settings
-from audit_service.models import Base
+from audit_service.storage.models import Base
 
 MIGRATION_LOCK_KEY = 0x41554449  # "AUDI": one migration at a time per database
 LOCK_TIMEOUT = "30s"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from audit_service import __version__
-from audit_service.errors import AuditServiceError
+from audit_service.core.errors import AuditServiceError
 
 EXIT_INTERNAL_ERROR = 3
 CHECK_KAFKA_TIMEOUT_MS = 10_000
@@ -130,8 +130,8 @@ def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
                            N commits; transactions run one at a time in poll order
                            (a second would only queue on N's row locks).
     """
-    from audit_service.daemon import Daemon, RunLimits, StopSignal
-    from audit_service.logs import configure_logging
+    from audit_service.ingest.daemon import Daemon, RunLimits, StopSignal
+    from audit_service.ops.logs import configure_logging
 
     settings = ctx.settings(
         database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
@@ -151,8 +151,8 @@ def run(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
 @guarded
 def migrate(ctx: Context, database_url: str | None) -> None:
     """Upgrade the database schema to the latest revision (safe to repeat)."""
-    from audit_service.db import check_connection, create_db_engine
-    from audit_service.migrations import head_revision, upgrade_to_head
+    from audit_service.storage.engine import check_connection, create_db_engine
+    from audit_service.storage.migrations import head_revision, upgrade_to_head
 
     settings = ctx.settings(database_url=database_url)
     engine = create_db_engine(settings.database_url)
@@ -170,11 +170,11 @@ def check_config(ctx: Context, database_url: str | None, bootstrap_servers: str 
     """Validate the configuration, print it (password masked), test PostgreSQL and Kafka."""
     import os
 
+    from audit_service.broker.topic import topic_partitions
     from audit_service.config import resolve_config_path
-    from audit_service.consumer import topic_partitions
-    from audit_service.db import check_connection, create_db_engine
-    from audit_service.errors import ConnectionFailure
-    from audit_service.migrations import ensure_schema_current, head_revision
+    from audit_service.core.errors import ConnectionFailure
+    from audit_service.storage.engine import check_connection, create_db_engine
+    from audit_service.storage.migrations import ensure_schema_current, head_revision
 
     settings = ctx.settings(database_url=database_url, kafka_bootstrap_servers=bootstrap_servers)
     config_file = resolve_config_path(ctx.config_path, os.environ)
@@ -217,8 +217,8 @@ def _hex_hash(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @contextmanager
 def _reader(ctx: Context, database_url: str | None) -> Iterator[Any]:
     """An AuditReader on the configured database, checked reachable, disposed afterwards."""
-    from audit_service.db import check_connection, create_db_engine
-    from audit_service.reader import AuditReader
+    from audit_service.storage.engine import check_connection, create_db_engine
+    from audit_service.storage.reader import AuditReader
 
     settings = ctx.settings(database_url=database_url)
     engine = create_db_engine(settings.database_url)
@@ -243,7 +243,7 @@ def _progress_bar(total: int) -> Iterator[Any]:
 
 
 def _result_json(result: Any) -> dict[str, Any]:
-    from audit_service.export_verify import break_summary
+    from audit_service.auditing.export_verify import break_summary
 
     return {
         "tenant_id": result.tenant_id, "valid": result.valid,
@@ -256,8 +256,8 @@ def _result_json(result: Any) -> dict[str, Any]:
 def _verify_files(files: tuple[str, ...], expect_previous: str | None,
                   expect_head: str | None, as_json: bool) -> None:
     """Offline: no configuration is read and no database is contacted."""
-    from audit_service.chain import BREAK_HEAD
-    from audit_service.export_verify import verify_export_file
+    from audit_service.auditing.export_verify import verify_export_file
+    from audit_service.core.chain import BREAK_HEAD
 
     started = time.monotonic()
     reports, records, broken = [], 0, 0
@@ -298,9 +298,9 @@ def _verify_files(files: tuple[str, ...], expect_previous: str | None,
 
 def _verify_database(ctx: Context, database_url: str | None, tenant: str | None,
                      from_seq: int, to_seq: int | None, jobs: int, as_json: bool) -> None:
-    from audit_service.errors import ConfigurationError
-    from audit_service.reader import WHOLE_CHAIN, SequenceRange
-    from audit_service.verification import plan, verify_tasks
+    from audit_service.auditing.verification import plan, verify_tasks
+    from audit_service.core.errors import ConfigurationError
+    from audit_service.storage.reader import WHOLE_CHAIN, SequenceRange
 
     scope = SequenceRange(from_seq, to_seq)
     started = time.monotonic()
@@ -376,7 +376,7 @@ def verify(ctx: Context, database_url: str | None, tenant: str | None, from_seq:
     From PostgreSQL each tenant's recorded head must be its last record, and every tenant
     run is recorded in audit_verification_log.
     """
-    from audit_service.errors import ConfigurationError
+    from audit_service.core.errors import ConfigurationError
 
     if to_seq is not None and to_seq < from_seq:
         raise ConfigurationError("--to-seq must not be below --from-seq")
@@ -407,9 +407,9 @@ def verify(ctx: Context, database_url: str | None, tenant: str | None, from_seq:
 def export(ctx: Context, database_url: str | None, tenant: str, from_seq: int,
            to_seq: int | None, output: str | None) -> None:
     """Write a tenant's records as JSON Lines, exactly as hashed, for offline `verify --file`."""
-    from audit_service.errors import ConfigurationError
-    from audit_service.export import export_tenant
-    from audit_service.reader import SequenceRange
+    from audit_service.auditing.export import export_tenant
+    from audit_service.core.errors import ConfigurationError
+    from audit_service.storage.reader import SequenceRange
 
     if to_seq is not None and to_seq < from_seq:
         raise ConfigurationError("--to-seq must not be below --from-seq")
@@ -436,7 +436,7 @@ def export(ctx: Context, database_url: str | None, tenant: str, from_seq: int,
 def status(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
            topic: str | None, group: str | None, as_json: bool) -> None:
     """Per tenant and per partition: where the chains, offsets, lag and verification stand."""
-    from audit_service.status import collect_status, render_status
+    from audit_service.auditing.status import collect_status, render_status
 
     settings = ctx.settings(database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
                             kafka_topic=topic, consumer_group=group)
@@ -459,7 +459,7 @@ def rejects() -> None:
 def rejects_list(ctx: Context, database_url: str | None, tenant: str | None, limit: int,
                  as_json: bool) -> None:
     """The newest rejected messages: id, time, coordinates, tenant, size and reason."""
-    from audit_service.rejects import event_json, render_list
+    from audit_service.auditing.rejects import event_json, render_list
 
     with _reader(ctx, database_url) as reader:
         events = reader.rejections(limit, tenant)
@@ -478,8 +478,8 @@ def rejects_list(ctx: Context, database_url: str | None, tenant: str | None, lim
 def rejects_show(ctx: Context, database_url: str | None, rejection_id: int,
                  as_json: bool) -> None:
     """One rejected message in full: reason, coordinates and its raw bytes, escaped."""
-    from audit_service.errors import ConfigurationError
-    from audit_service.rejects import event_json, render_event
+    from audit_service.auditing.rejects import event_json, render_event
+    from audit_service.core.errors import ConfigurationError
 
     with _reader(ctx, database_url) as reader:
         event = reader.rejection(rejection_id)
@@ -501,7 +501,7 @@ def rejects_show(ctx: Context, database_url: str | None, rejection_id: int,
 def dev(ctx: Context, state_dir: Path, tenants: int, rate: float, health_port: int,
         duration: float | None) -> None:
     """Local stack: embedded PostgreSQL + Tansu broker + the daemon + a sample producer."""
-    from audit_service.devserver import run_dev_stack
+    from audit_service.dev.devserver import run_dev_stack
 
     sys.exit(run_dev_stack(state_dir, tenants, rate, health_port, duration, click.echo))
 
@@ -516,7 +516,7 @@ def dev(ctx: Context, state_dir: Path, tenants: int, rate: float, health_port: i
 def produce(ctx: Context, bootstrap_servers: str | None, topic: str | None, tenants: int,
             count: int, seed: int) -> None:
     """Dev only: publish realistic sample events in the wire format."""
-    from audit_service.samples import produce_events, sample_events, tenant_names
+    from audit_service.dev.samples import produce_events, sample_events, tenant_names
 
     settings = ctx.settings(kafka_bootstrap_servers=bootstrap_servers, kafka_topic=topic)
     names = tenant_names(tenants)

@@ -26,9 +26,9 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from audit_service.errors import ConfigurationError
-from audit_service.logs import LOG_FORMATS
-from audit_service.offset_policy import POLICIES as OFFSET_POLICIES
+from audit_service.core.errors import ConfigurationError
+from audit_service.core.offset_policy import POLICIES as OFFSET_POLICIES
+from audit_service.ops.logs import LOG_FORMATS
 
 INI_SECTION = "audit"
 ENV_PREFIX = "AUDIT_"

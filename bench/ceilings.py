@@ -10,8 +10,8 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import create_engine
 
-from audit_service.chain import ChainHead, advance, chain_event, genesis_record
-from audit_service.record_mapping import row_values
+from audit_service.core.chain import ChainHead, advance, chain_event, genesis_record
+from audit_service.core.record_mapping import row_values
 
 COPY_COLUMNS = (
     "tenant_id", "sequence_number", "audit_id", "timestamp", "ingested_at", "event_type",
@@ -61,7 +61,7 @@ def copy_rate(database_url: str, messages: list[tuple[bytes, bytes]]) -> float:
     """Rows/s for COPY of already-built records (building them is not timed)."""
     from datetime import UTC, datetime
 
-    from audit_service.events import ValidationLimits, parse_event
+    from audit_service.core.events import ValidationLimits, parse_event
 
     now = datetime.now(UTC)
     heads: dict[str, ChainHead] = {}

@@ -16,10 +16,10 @@ from sqlalchemy import create_engine, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from audit_service.chain import ChainHead, advance, chain_event, genesis_record
-from audit_service.events import ValidationLimits, parse_event
-from audit_service.models import AuditChainState, AuditRecord
-from audit_service.record_mapping import row_values
+from audit_service.core.chain import ChainHead, advance, chain_event, genesis_record
+from audit_service.core.events import ValidationLimits, parse_event
+from audit_service.core.record_mapping import row_values
+from audit_service.storage.models import AuditChainState, AuditRecord
 
 
 def naive_rate(database_url: str, bootstrap: str, topic: str, events: int) -> float:

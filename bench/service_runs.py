@@ -18,7 +18,7 @@ from process_usage import Usage, UsageSampler
 from sqlalchemy import create_engine, text
 from workload import wire_event
 
-from audit_service.devstack import free_port
+from audit_service.dev.devstack import free_port
 
 START_TIMEOUT_S = 60
 """How long the daemon may take to join the group and report ready."""

@@ -17,8 +17,8 @@ from confluent_kafka import Producer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from audit_service.devstack import EmbeddedPostgres, TansuBroker, create_topic
-from audit_service.migrations import upgrade_to_head
+from audit_service.dev.devstack import EmbeddedPostgres, TansuBroker, create_topic
+from audit_service.storage.migrations import upgrade_to_head
 
 
 @dataclass

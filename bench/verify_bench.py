@@ -35,11 +35,11 @@ from typing import Any
 import psycopg2
 from sqlalchemy.engine import make_url
 
-from audit_service.chain import HASHED_FIELDS, ChainHead, advance, chain_event, genesis_record
-from audit_service.devstack import EmbeddedPostgres
-from audit_service.events import ValidationLimits, parse_event
-from audit_service.migrations import upgrade_to_head
-from audit_service.samples import encode_event, sample_event, tenant_names
+from audit_service.core.chain import HASHED_FIELDS, ChainHead, advance, chain_event, genesis_record
+from audit_service.core.events import ValidationLimits, parse_event
+from audit_service.dev.devstack import EmbeddedPostgres
+from audit_service.dev.samples import encode_event, sample_event, tenant_names
+from audit_service.storage.migrations import upgrade_to_head
 
 CLI = str(Path(sys.executable).with_name("audit-service"))
 RESULTS = Path(__file__).resolve().parent / "results"

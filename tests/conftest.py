@@ -20,8 +20,8 @@ import pytest
 from support import database_url_for, new_topic, service_settings, temporary_database
 
 from audit_service.config import Settings
-from audit_service.devstack import EmbeddedPostgres, TansuBroker
-from audit_service.migrations import upgrade_to_head
+from audit_service.dev.devstack import EmbeddedPostgres, TansuBroker
+from audit_service.storage.migrations import upgrade_to_head
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
+from audit_service.core.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 TENANT_ALPHABET = string.ascii_letters + string.digits + "._:-"
 

@@ -29,10 +29,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from audit_service.config import Settings
-from audit_service.daemon import Daemon, RunLimits, RunTotals, StopSignal
-from audit_service.devstack import create_topic
-from audit_service.models import AuditRejectedEvent
-from audit_service.reader import AuditReader
+from audit_service.dev.devstack import create_topic
+from audit_service.ingest.daemon import Daemon, RunLimits, RunTotals, StopSignal
+from audit_service.storage.models import AuditRejectedEvent
+from audit_service.storage.reader import AuditReader
 
 DAEMON_TIMEOUT_S = 90.0
 

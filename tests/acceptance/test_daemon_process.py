@@ -41,7 +41,7 @@ from support import (
 )
 
 from audit_service.config import Settings
-from audit_service.devstack import free_port
+from audit_service.dev.devstack import free_port
 
 READY_TIMEOUT_S = 30.0
 """Process start + first consumer-group join (~3 s here) must fit well inside this."""

@@ -24,8 +24,8 @@ from running_daemon import answering, cli_environ
 from support import ServiceProcess, encode, scalar, wire_event
 
 from audit_service.config import Settings
-from audit_service.devstack import free_port
-from audit_service.health import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
+from audit_service.dev.devstack import free_port
+from audit_service.ops.health import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 
 READY_TIMEOUT_S = 30.0
 PROBE_BOUND_S = 1.0

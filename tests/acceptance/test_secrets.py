@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from support import ServiceProcess, encode, produce, scalar, wire_event
 
 from audit_service.config import Settings
-from audit_service.devstack import free_port
+from audit_service.dev.devstack import free_port
 
 READY_TIMEOUT_S = 30.0
 HBA_RELOAD_TIMEOUT_S = 10.0

@@ -24,7 +24,7 @@ import pytest
 from support import encode, produce, wire_event
 
 from audit_service.config import Settings
-from audit_service.devstack import free_port
+from audit_service.dev.devstack import free_port
 
 READY_TIMEOUT_S = 30.0
 """Process start + first consumer-group join (~3 s here), with a wide margin."""

@@ -39,7 +39,7 @@ from support import (
     wire_event,
 )
 
-from audit_service.devstack import TansuBroker, create_topic, free_port
+from audit_service.dev.devstack import TansuBroker, create_topic, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -28,8 +28,8 @@ from support import (
     verify_ok,
 )
 
-from audit_service.devstack import EmbeddedPostgres, create_topic, free_port
-from audit_service.migrations import upgrade_to_head
+from audit_service.dev.devstack import EmbeddedPostgres, create_topic, free_port
+from audit_service.storage.migrations import upgrade_to_head
 
 pytestmark = pytest.mark.slow
 

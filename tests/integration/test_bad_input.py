@@ -16,8 +16,8 @@ from support import (
     wire_event,
 )
 
-from audit_service.chain import verify_chain
 from audit_service.config import Settings
+from audit_service.core.chain import verify_chain
 
 TENANT = "tenant-bad"
 

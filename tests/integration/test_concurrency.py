@@ -13,10 +13,12 @@ from collections.abc import Callable
 from sqlalchemy import create_engine
 from support import chain_of, wire_event
 
-from audit_service.batch import BatchOutcome, ConsumedMessage, commit_batch
-from audit_service.chain import verify_chain
-from audit_service.events import ValidationLimits
-from audit_service.reader import AuditReader
+from audit_service.core.chain import verify_chain
+from audit_service.core.events import ValidationLimits
+from audit_service.core.messages import ConsumedMessage
+from audit_service.core.outcomes import BatchOutcome
+from audit_service.ingest.batch import commit_batch
+from audit_service.storage.reader import AuditReader
 
 GROUP = "audit-test-concurrency"
 LIMITS = ValidationLimits()

@@ -18,14 +18,14 @@ import pytest
 import sqlalchemy as sa
 from kafka import KafkaAdminClient, KafkaConsumer
 
-from audit_service.devstack import (
+from audit_service.dev.devstack import (
     DevStackError,
     EmbeddedPostgres,
     TansuBroker,
     create_topic,
     free_port,
 )
-from audit_service.samples import produce_events, sample_events
+from audit_service.dev.samples import produce_events, sample_events
 
 pytestmark = pytest.mark.timeout(180)
 

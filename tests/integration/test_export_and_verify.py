@@ -28,16 +28,16 @@ from support import (
     wire_event,
 )
 
-from audit_service.chain import (
+from audit_service.cli import main
+from audit_service.core.chain import (
     GENESIS_PREVIOUS_HASH,
     HASHED_FIELDS,
     ChainHead,
     chain_event,
     parse_timestamp,
 )
-from audit_service.cli import main
-from audit_service.models import AuditChainState, AuditRecord
-from audit_service.reader import AuditReader
+from audit_service.storage.models import AuditChainState, AuditRecord
+from audit_service.storage.reader import AuditReader
 
 TENANT = "tenant-x"
 OTHER = "tenant-y"

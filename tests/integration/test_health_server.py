@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from audit_service.health import MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S, HealthServer, LoopState
+from audit_service.ops.health import MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S, HealthServer, LoopState
 
 METRICS = (b"audit_events_chained_total 3\n", "text/plain; version=0.0.4")
 

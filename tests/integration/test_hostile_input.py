@@ -31,10 +31,10 @@ from support import (
     wire_event,
 )
 
+from audit_service.auditing.verification import verify_database
 from audit_service.config import Settings
-from audit_service.models import AuditRejectedEvent
-from audit_service.reader import AuditReader
-from audit_service.verification import verify_database
+from audit_service.storage.models import AuditRejectedEvent
+from audit_service.storage.reader import AuditReader
 
 TENANT = "tenant-hostile"
 KEY = TENANT.encode()

@@ -12,9 +12,9 @@ from support import encode, produce, wire_event
 
 from audit_service import __version__
 from audit_service.config import Settings
-from audit_service.daemon import Daemon, RunLimits, RunTotals, StopSignal
-from audit_service.devstack import free_port
-from audit_service.metrics import REJECTION_REASONS
+from audit_service.dev.devstack import free_port
+from audit_service.ingest.daemon import Daemon, RunLimits, RunTotals, StopSignal
+from audit_service.ops.metrics import REJECTION_REASONS
 
 SCRAPE_TIMEOUT_S = 60.0
 """First group join (~3 s) plus chaining a few dozen events, with a wide margin."""

@@ -7,9 +7,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from audit_service.errors import SchemaNotCurrentError
-from audit_service.migrations import ensure_schema_current, head_revision, upgrade_to_head
-from audit_service.models import Base
+from audit_service.core.errors import SchemaNotCurrentError
+from audit_service.storage.migrations import ensure_schema_current, head_revision, upgrade_to_head
+from audit_service.storage.models import Base
 
 
 def test_upgrade_of_an_empty_database_matches_the_models(empty_database_url: str) -> None:

@@ -7,10 +7,10 @@ import threading
 from sqlalchemy import create_engine
 from support import chain_of, produce, produce_events, run_until_idle, wire_event
 
-from audit_service.chain import GENESIS_PREVIOUS_HASH, compute_record_hash, verify_chain
+from audit_service.auditing.verification import verify_database
 from audit_service.config import Settings
-from audit_service.reader import AuditReader
-from audit_service.verification import verify_database
+from audit_service.core.chain import GENESIS_PREVIOUS_HASH, compute_record_hash, verify_chain
+from audit_service.storage.reader import AuditReader
 
 
 def _assert_linked(chain: list[dict]) -> None:

@@ -28,10 +28,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from support import chain_of, encode, produce, rejections, run_until_idle, scalar, wire_event
 
-from audit_service.batch import ConsumedMessage, commit_batch
 from audit_service.config import Settings
-from audit_service.events import ValidationLimits
-from audit_service.migrations import alembic_config, upgrade_to_head
+from audit_service.core.events import ValidationLimits
+from audit_service.core.messages import ConsumedMessage
+from audit_service.ingest.batch import commit_batch
+from audit_service.storage.migrations import alembic_config, upgrade_to_head
 
 CLI_TIMEOUT_S = 60.0
 INSUFFICIENT_PRIVILEGE = "42501"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from support import chain_of, produce_events, run_until_idle, wire_event
 
-from audit_service.chain import compute_record_hash, jsonb_stable, verify_chain
 from audit_service.config import Settings
+from audit_service.core.chain import compute_record_hash, jsonb_stable, verify_chain
 
 TRICKY_CONTEXT = {
     "llm_provider": "Ünïcødé – 日本語 – emoji 😀🔐 – astral 𝔘",  # noqa: RUF001 (on purpose)

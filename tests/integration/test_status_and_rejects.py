@@ -26,11 +26,11 @@ from support import (
     wire_event,
 )
 
+from audit_service.auditing.status import collect_status, render_status
 from audit_service.cli import main
 from audit_service.config import Settings
-from audit_service.devstack import free_port
-from audit_service.reader import AuditReader
-from audit_service.status import collect_status, render_status
+from audit_service.dev.devstack import free_port
+from audit_service.storage.reader import AuditReader
 
 TENANTS = {"tenant-a": 5, "tenant-b": 3, "tenant-c": 1}
 HOSTILE_VALUE = b'\xff\x1b[2J\x1b]0;pwned\x07{"tenant_id": "tenant-a \xe2\x80\xae"}'

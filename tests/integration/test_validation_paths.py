@@ -30,10 +30,10 @@ from support import (
     wire_event,
 )
 
-from audit_service.chain import verify_chain
 from audit_service.config import Settings
-from audit_service.daemon import Daemon, RunLimits, RunTotals, StopSignal
-from audit_service.metrics import REJECTION_REASONS
+from audit_service.core.chain import verify_chain
+from audit_service.ingest.daemon import Daemon, RunLimits, RunTotals, StopSignal
+from audit_service.ops.metrics import REJECTION_REASONS
 
 TENANT_A = "tenant-paths-a"
 TENANT_B = "tenant-paths-b"

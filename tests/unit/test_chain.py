@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from audit_service.chain import (
+from audit_service.core.chain import (
     BREAK_GAP,
     BREAK_GENESIS,
     BREAK_HASH_MISMATCH,

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import TENANT_ALPHABET, json_values, wire_events
 
-from audit_service.chain import (
+from audit_service.core.chain import (
     HASHED_FIELDS,
     ChainHead,
     advance,
@@ -28,7 +28,7 @@ from audit_service.chain import (
     genesis_record,
     verify_chain,
 )
-from audit_service.events import ValidationLimits, parse_event
+from audit_service.core.events import ValidationLimits, parse_event
 
 NOW = datetime(2026, 11, 26, 16, 0, tzinfo=UTC)
 LIMITS = ValidationLimits()

@@ -1,4 +1,4 @@
-"""`daemon.CommitOrder`: the committer thread must never commit batch k before k-1.
+"""`ingest.pipeline.CommitOrder`: the committer thread must never commit batch k before k-1.
 
 Real threads, no timing assumptions beyond bounded waits: a batch waiting for its turn is
 observed blocked, then released by the commit of its predecessor or by the loop giving up.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from audit_service.daemon import CommitOrder
+from audit_service.ingest.pipeline import CommitOrder
 
 BLOCKED_S = 0.3
 """How long a waiter must stay blocked to count as waiting for its turn."""

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from audit_service.config import Settings, load_settings, setting_names
-from audit_service.errors import AuditServiceError, ConfigurationError
+from audit_service.core.errors import AuditServiceError, ConfigurationError
 
 PASSWORD = "s3cr3t-Pa55w0rd"
 SECRET_URL = f"postgresql+psycopg2://auditor:{PASSWORD}@db.internal:5432/audit"

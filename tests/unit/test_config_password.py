@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from audit_service.config import load_settings
-from audit_service.errors import ConfigurationError
+from audit_service.core.errors import ConfigurationError
 
 URL = "postgresql+psycopg2://audit_writer@db.internal:5432/audit"
 PASSWORD = "p@ss:w/rd%?#'x"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from audit_service.events import REJECTION_KINDS, EventRejected, ValidationLimits, parse_event
+from audit_service.core.events import REJECTION_KINDS, EventRejected, ValidationLimits, parse_event
 
 NOW = datetime(2026, 11, 26, 16, 19, 16, 123456, tzinfo=UTC)
 TENANT = "tenant-acme"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from audit_service.chain import (
+from audit_service.core.chain import (
     EVENT_FIELDS,
     ChainHead,
     advance,
@@ -22,8 +22,8 @@ from audit_service.chain import (
     genesis_record,
     verify_chain,
 )
-from audit_service.events import REJECTION_KINDS, EventRejected, ValidationLimits, parse_event
-from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
+from audit_service.core.events import REJECTION_KINDS, EventRejected, ValidationLimits, parse_event
+from audit_service.core.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 NOW = datetime(2026, 11, 26, 16, 19, 16, 123456, tzinfo=UTC)
 LIMITS = ValidationLimits()

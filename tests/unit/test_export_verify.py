@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit_service.chain import (
+from audit_service.auditing.export_verify import export_line, verify_export_lines
+from audit_service.cli import main
+from audit_service.core.chain import (
     BREAK_GAP,
     BREAK_HASH_MISMATCH,
     BREAK_HEAD,
@@ -30,8 +32,6 @@ from audit_service.chain import (
     genesis_record,
     parse_timestamp,
 )
-from audit_service.cli import main
-from audit_service.export_verify import export_line, verify_export_lines
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "chain.jsonl"
 LINES = VECTORS.read_bytes().splitlines(keepends=True)
@@ -212,8 +212,9 @@ def _imported_after(statement: str) -> set[str]:
 
 
 def test_the_verifiers_never_import_the_write_path() -> None:
-    loaded = _imported_after("import audit_service.verification, audit_service.export, "
-                             "audit_service.cli")
-    assert not loaded & {"audit_service.store", "audit_service.batch", "audit_service.daemon"}
-    offline = _imported_after("import audit_service.export_verify")
+    loaded = _imported_after("import audit_service.auditing.verification, "
+                             "audit_service.auditing.export, audit_service.cli")
+    assert not loaded & {"audit_service.storage.store", "audit_service.ingest.batch",
+                         "audit_service.ingest.daemon"}
+    offline = _imported_after("import audit_service.auditing.export_verify")
     assert not {name for name in offline if name.split(".")[0] in {"sqlalchemy", "kafka"}}

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import TENANT_ALPHABET, wire_events
 
-from audit_service.chain import (
+from audit_service.core.chain import (
     ChainHead,
     advance,
     chain_event,
@@ -25,10 +25,10 @@ from audit_service.chain import (
     format_timestamp,
     genesis_record,
 )
-from audit_service.events import EventRejected, ValidationLimits, parse_event
-from audit_service.linking import link, render
-from audit_service.record_mapping import copy_line
-from audit_service.samples import sample_events
+from audit_service.core.events import EventRejected, ValidationLimits, parse_event
+from audit_service.core.linking import link, render
+from audit_service.core.record_mapping import copy_line
+from audit_service.dev.samples import sample_events
 
 NOW = datetime(2026, 11, 26, 16, 0, tzinfo=UTC)
 LIMITS = ValidationLimits()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_service.logs import configure_logging
+from audit_service.ops.logs import configure_logging
 
 log = logging.getLogger("audit_service.tests")
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from audit_service.batch import BatchOutcome
-from audit_service.chain import format_timestamp
-from audit_service.errors import TransientError
-from audit_service.metrics import ServiceMetrics
+from audit_service.core.chain import format_timestamp
+from audit_service.core.errors import TransientError
+from audit_service.core.outcomes import BatchOutcome
+from audit_service.ops.metrics import ServiceMetrics
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -85,7 +85,7 @@ def test_an_unreadable_database_drops_only_the_tenant_metrics(
 
     metrics = ServiceMetrics(heads, max_tenants=10)
 
-    with caplog.at_level(logging.WARNING, logger="audit_service.metrics"):
+    with caplog.at_level(logging.WARNING, logger="audit_service.ops.metrics"):
         samples = _samples(metrics)
 
     assert ("audit_tenants", ()) not in samples

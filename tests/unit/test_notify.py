@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_service.notify import SystemdNotifier
+from audit_service.ops.notify import SystemdNotifier
 
 RECEIVE_TIMEOUT_S = 2.0
 
@@ -112,7 +112,7 @@ def test_a_vanished_socket_is_logged_not_raised(
 ) -> None:
     notifier = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
 
-    with caplog.at_level(logging.WARNING, logger="audit_service.notify"):
+    with caplog.at_level(logging.WARNING, logger="audit_service.ops.notify"):
         notifier.ready()
 
     [record] = caplog.records

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from audit_service.config import load_settings
-from audit_service.errors import ConfigurationError
-from audit_service.offset_policy import (
+from audit_service.core.errors import ConfigurationError
+from audit_service.core.offset_policy import (
     LogRange,
     OffsetOutOfRange,
     StartingPoint,

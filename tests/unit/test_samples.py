@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from audit_service.events import ValidationLimits, parse_event
-from audit_service.samples import (
+from audit_service.core.events import ValidationLimits, parse_event
+from audit_service.core.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
+from audit_service.dev.samples import (
     MAX_PRODUCER_LAG_MS,
     encode_event,
     sample_events,
     tenant_names,
 )
-from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 NOW = datetime(2026, 11, 26, 16, 19, 16, 123456, tzinfo=UTC)
 TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from audit_service.chain import (
+from audit_service.auditing.export_verify import export_line, verify_export_file
+from audit_service.core.chain import (
     GENESIS_PREVIOUS_HASH,
     ChainHead,
     advance,
@@ -29,7 +30,6 @@ from audit_service.chain import (
     genesis_record,
     jsonb_stable,
 )
-from audit_service.export_verify import export_line, verify_export_file
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "chain.jsonl"

@@ -19,7 +19,8 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, insert
 
-from audit_service.chain import (
+from audit_service.auditing.export_verify import break_summary
+from audit_service.core.chain import (
     BREAK_GAP,
     BREAK_LINK,
     ChainBreak,
@@ -27,10 +28,9 @@ from audit_service.chain import (
     VerificationResult,
     verify_chain,
 )
-from audit_service.db import create_db_engine, translated_errors
-from audit_service.export_verify import break_summary
-from audit_service.models import AuditVerificationLog
-from audit_service.reader import WHOLE_CHAIN, AuditReader, SequenceRange
+from audit_service.storage.engine import create_db_engine, translated_errors
+from audit_service.storage.models import AuditVerificationLog
+from audit_service.storage.reader import WHOLE_CHAIN, AuditReader, SequenceRange
 
 Progress = Callable[[int], None]
 """Called with the number of records checked since the last call."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from audit_service.errors import AuditServiceError
+from audit_service.core.errors import AuditServiceError
 
 POLICIES = ("fail", "earliest", "latest")
 """Values of the `on_offset_out_of_range` setting."""

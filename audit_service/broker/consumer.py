@@ -1,10 +1,10 @@
-"""The only module that imports kafka-python: subscribe (or assign), poll, position, commit.
+"""The daemon's consumer: subscribe (or assign), poll, position, commit.
 
-Offsets live in the database (see `store.ChainStore.save_offsets`), so this consumer never
+Offsets live in the database (see `storage.store.ChainStore.save_offsets`), so it never
 chooses a position itself (`auto_offset_reset='none'`). A partition it gains (a group
 assignment, the manual `kafka_partitions` list) or whose position the broker no longer
 holds is *held*: paused until the daemon `place()`s it where the database says, after
-checking that offset against `log_ranges()` (see offset_policy). So no offset is skipped
+checking that offset against `log_ranges()` (see core.offset_policy). So no offset is skipped
 or reset without the daemon deciding and logging it. The Kafka-side commit only keeps
 tooling that reads group offsets informed; it is never the source of truth.
 """
@@ -22,10 +22,10 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
-from audit_service.batch import ConsumedMessage
 from audit_service.config import Settings
-from audit_service.errors import ConnectionFailure, TransientError
-from audit_service.offset_policy import LogRange, TopicLog
+from audit_service.core.errors import ConnectionFailure, TransientError
+from audit_service.core.messages import ConsumedMessage
+from audit_service.core.offset_policy import LogRange, TopicLog
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ A high watermark is only as fresh as the last fetch response; right after a seek
 be an older one. A real loss persists, and log_ranges() then measures it afresh."""
 
 
-class _HoldAssigned(ConsumerRebalanceListener):
+class _HoldAssigned(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
     """Holds every assigned partition until the daemon places it.
 
     No database or network work here: kafka-python runs listeners on its IO thread, and a
@@ -75,29 +75,6 @@ def _topic_id(client: KafkaConsumer, topic: str) -> str | None:
     cluster = getattr(client, "_cluster", None)
     topic_id = cluster.topic_id(topic) if cluster is not None else None
     return str(topic_id) if topic_id else None
-
-
-def topic_partitions(settings: Settings, timeout_ms: int) -> list[int]:
-    """The configured topic's partitions (empty if it does not exist), for check-config.
-
-    A short-lived client that joins no group and never auto-creates the topic.
-    """
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-            client_id="audit-service-check", allow_auto_create_topics=False,
-            bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-        )
-    except KafkaError as exc:
-        raise ConnectionFailure(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
-        ) from exc
-    try:
-        return sorted(consumer.partitions_for_topic(settings.kafka_topic) or [])
-    except KafkaError as exc:
-        raise ConnectionFailure(f"cannot read Kafka metadata: {exc}") from exc
-    finally:
-        consumer.close()
 
 
 class AuditConsumer:

@@ -15,9 +15,14 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from audit_service.chain import TimestampError, format_timestamp, parse_timestamp, stable_number
-from audit_service.event_schema import NESTED_SCHEMAS, WireEvent
-from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
+from audit_service.core.chain import (
+    TimestampError,
+    format_timestamp,
+    parse_timestamp,
+    stable_number,
+)
+from audit_service.core.event_schema import NESTED_SCHEMAS, WireEvent
+from audit_service.core.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
 """Events claiming to be older than this are from a broken clock, not from this platform."""
@@ -49,7 +54,7 @@ class EventRejected(ValueError):
         self.audit_id = audit_id
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle with `kind` (validation runs in a worker process, see validation_pool)."""
+        """Pickle with `kind` (validation runs in a worker process, see ingest.validation_pool)."""
         return (partial(EventRejected, kind=self.kind),
                 (self.reason, self.tenant_id, self.audit_id))
 
@@ -70,8 +75,10 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise EventRejected(f"value has duplicate JSON key {duplicate[:64]!r}", kind="json")
+        for key, _ in pairs:
+            if key in seen:
+                raise EventRejected(f"value has duplicate JSON key {key[:64]!r}", kind="json")
+            seen.add(key)
     return obj
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Final
 
-from audit_service.chain import (
+from audit_service.core.chain import (
     BREAK_HEAD,
     BREAK_MALFORMED,
     HASHED_FIELDS,
@@ -36,7 +36,7 @@ from audit_service.chain import (
     VerificationResult,
     verify_chain,
 )
-from audit_service.errors import ConfigurationError
+from audit_service.core.errors import ConfigurationError
 
 STDIN: Final = "-"
 READ_BUFFER_BYTES: Final = 1 << 20

@@ -28,14 +28,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from audit_service.devstack import (
+from audit_service.broker.topic import produce_messages
+from audit_service.dev.devstack import (
     DevStackError,
     EmbeddedPostgres,
     TansuBroker,
     create_topic,
     free_port,
 )
-from audit_service.samples import produce_events, produce_messages, sample_event, tenant_names
+from audit_service.dev.samples import produce_events, sample_event, tenant_names
+from audit_service.storage.engine import describe
 
 DEV_DATABASE = "audit"
 DEV_TOPIC = "audit.events"
@@ -395,7 +397,7 @@ class _DevStack:
                 ).all()
                 rejected = conn.execute(text("SELECT count(*) FROM audit_rejected_events")).one()
         except SQLAlchemyError as exc:
-            return None, None, " ".join(str(exc.orig or exc).split())[:160]
+            return None, None, " ".join(describe(exc).split())[:160]
         return {str(t): int(n) for t, n in rows}, int(rejected[0]), ""
 
     def _verify(self) -> tuple[int, str]:

@@ -26,10 +26,11 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from datetime import datetime
 
-from audit_service.batch import ConsumedMessage, PreparedBatch, prepare_batch
-from audit_service.errors import AuditServiceError
-from audit_service.events import EventRejected, ValidationLimits
-from audit_service.linking import PendingRecord
+from audit_service.core.errors import AuditServiceError
+from audit_service.core.events import EventRejected, ValidationLimits
+from audit_service.core.linking import PendingRecord
+from audit_service.core.messages import ConsumedMessage
+from audit_service.ingest.batch import PreparedBatch, prepare_batch
 
 log = logging.getLogger(__name__)
 

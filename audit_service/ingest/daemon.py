@@ -1,21 +1,20 @@
 """The daemon: a poll loop you can read top to bottom.
 
-    stop requested? -> poll batch N+2 -> hand it to the validation worker, its commit to
-    the committer thread -> acknowledge finished batches in poll order (wait for the
-    PostgreSQL commit, then commit the offsets to Kafka) -> place newly held partitions
-    -> mark alive (health state, systemd watchdog, lag gauges)
+    stop requested? -> poll batch N+2 -> hand it on (validation worker, then committer
+    thread; see pipeline) -> acknowledge finished batches in poll order (the PostgreSQL
+    commit, then the offsets to Kafka) -> place newly held partitions -> mark alive
+    (health state, systemd watchdog, lag gauges)
 
-At most three batches are in flight (polled, validating, committing); transactions run one
-at a time, strictly in poll order: the committer starts batch k only once k-1 is committed
-(if k-1 failed, the loop retries it first; see CommitOrder). So the pipeline changes
-nothing about the transaction boundaries, the locking or the rule that the database commits
-before Kafka; it only lets polling (this thread), validation (a worker process) and the
-transaction (PostgreSQL) overlap.
+At most three batches are in flight; `pipeline.BatchPipeline` keeps their transactions one
+at a time, strictly in poll order. So the pipeline changes nothing about the transaction
+boundaries, the locking or the rule that the database commits before Kafka; it only lets
+polling (this thread), validation (a worker process) and the transaction (PostgreSQL)
+overlap.
 
 A partition the consumer gains (or whose position the broker no longer holds) waits,
 paused, until the loop places it at the offset stored in PostgreSQL. That offset is read
 only when nothing polled is left uncommitted, and it is checked against the broker's log
-first: outside it, `on_offset_out_of_range` decides (see offset_policy).
+first: outside it, `on_offset_out_of_range` decides (see core.offset_policy).
 
 Transient failures (database restarting, deadlock, broker away) back off and retry the
 same work; the loop never skips ahead. Anything unexpected propagates, is logged by the
@@ -31,36 +30,32 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from functools import partial
 from types import FrameType
 from typing import TypeVar
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit_service.batch import (
-    BatchOutcome,
-    ConsumedMessage,
-    PreparedBatch,
-    commit_prepared,
-    move_stored_offset,
-)
+from audit_service.broker.consumer import AuditConsumer
 from audit_service.config import Settings
-from audit_service.consumer import AuditConsumer
-from audit_service.db import check_connection, create_db_engine
-from audit_service.errors import ConfigurationError, TransientError
-from audit_service.events import ValidationLimits
-from audit_service.health import HealthServer, LoopState
-from audit_service.metrics import RETRY_BROKER, RETRY_DATABASE, ServiceMetrics
-from audit_service.migrations import ensure_schema_current
-from audit_service.notify import SystemdNotifier
-from audit_service.offset_policy import plan_starting_points
-from audit_service.reader import AuditReader
-from audit_service.validation_pool import ValidationPool
+from audit_service.core.errors import ConfigurationError, TransientError
+from audit_service.core.events import ValidationLimits
+from audit_service.core.messages import ConsumedMessage
+from audit_service.core.offset_policy import plan_starting_points
+from audit_service.core.outcomes import BatchOutcome
+from audit_service.ingest.batch import PreparedBatch, commit_prepared, move_stored_offset
+from audit_service.ingest.pipeline import BatchPipeline
+from audit_service.ingest.validation_pool import ValidationPool
+from audit_service.ops.health import HealthServer, LoopState
+from audit_service.ops.metrics import RETRY_BROKER, RETRY_DATABASE, ServiceMetrics
+from audit_service.ops.notify import SystemdNotifier
+from audit_service.storage.engine import check_connection, create_db_engine
+from audit_service.storage.migrations import ensure_schema_current
+from audit_service.storage.reader import AuditReader
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +65,6 @@ SHUTDOWN_POLL_S = 0.2
 """Granularity at which a sleeping retry notices a stop request."""
 OBSERVER_STATEMENT_TIMEOUT_MS = 2000
 """Bound on the /ready ping and the /metrics heads query: a probe must answer promptly."""
-MAX_BATCHES_IN_FLIGHT = 2
-"""Polled but not yet acknowledged, beyond the one being polled: one committing, one being
-validated. More would only queue (commits are sequential) and hold more memory."""
 UNASSIGNED_WARNING_S = 30.0
 """How long the loop runs without partitions before it says so (and how often it repeats)."""
 
@@ -85,48 +77,6 @@ class RunLimits:
 
     max_batches: int | None = None
     exit_when_idle: bool = False
-
-
-@dataclass
-class InFlight:
-    """A polled batch on its way: validating (worker), then committing (committer thread)."""
-
-    number: int
-    messages: Sequence[ConsumedMessage]
-    prepared: Future[PreparedBatch]
-    result: Future[BatchOutcome]
-
-
-class EarlierBatchFailed(Exception):
-    """A batch was not attempted because the loop gave up on an earlier one (stop request
-    or fatal error): it is consumed again on the next start."""
-
-
-class CommitOrder:
-    """Lets the committer thread commit batch k only once batch k-1 is committed, by the
-    committer or by the loop retrying it, so batches always commit in poll order."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._committed = 0
-        self._abandoned = False
-
-    def wait_turn(self, number: int) -> bool:
-        """Block until batch `number` may commit; False if the loop gave up first."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._committed >= number - 1 or self._abandoned)
-            return not self._abandoned
-
-    def committed(self, number: int) -> None:
-        with self._changed:
-            self._committed = max(self._committed, number)
-            self._changed.notify_all()
-
-    def abandon(self) -> None:
-        """No batch waiting for its turn will commit (the loop is leaving)."""
-        with self._changed:
-            self._abandoned = True
-            self._changed.notify_all()
 
 
 @dataclass
@@ -222,18 +172,6 @@ class Daemon:
         self.metrics.observe_transaction(time.monotonic() - started)
         return outcome
 
-    def _commit_in_order(
-        self, order: CommitOrder, number: int, prepared: Future[PreparedBatch]
-    ) -> BatchOutcome:
-        """Committer thread: commit batch `number` once validated and once the batch before
-        it is committed (if that one failed, the loop retries it first)."""
-        batch = prepared.result()
-        if not order.wait_turn(number):
-            raise EarlierBatchFailed
-        outcome = self._commit(batch)
-        order.committed(number)
-        return outcome
-
     def _retry(
         self, consumer: AuditConsumer, what: str, cause: str, attempt: Callable[[], T],
         failure: TransientError | None = None,
@@ -275,23 +213,26 @@ class Daemon:
             self.stop.event.wait(BACKOFF_INITIAL_S)
             return []
 
-    def _finish(self, consumer: AuditConsumer, in_flight: InFlight, order: CommitOrder) -> bool:
-        """Wait for a batch's commit (retrying it here if it failed transiently; the batches
-        after it wait for their turn meanwhile), then commit its offsets to Kafka.
+    def _acknowledge(self, consumer: AuditConsumer, pipeline: BatchPipeline, *,
+                     all_of_them: bool = False) -> bool:
+        """Acknowledge finished batches in poll order (every batch in flight with
+        `all_of_them`): their database commit, then their offsets to Kafka.
 
-        False when it could not be committed before a stop request (it is redelivered).
+        A batch whose commit failed transiently is retried here while the later ones wait
+        for their turn. False when one could not be committed before a stop request (it and
+        the later ones are redelivered).
         """
-        try:
-            outcome: BatchOutcome | None = in_flight.result.result()
-        except TransientError as exc:
-            batch = in_flight.prepared.result()
-            outcome = self._retry(
-                consumer, "batch", RETRY_DATABASE, lambda: self._commit(batch), exc)
-            if outcome is None:
+        def retry(batch: PreparedBatch, failure: TransientError) -> BatchOutcome | None:
+            return self._retry(
+                consumer, "batch", RETRY_DATABASE, lambda: self._commit(batch), failure)
+
+        while len(pipeline) if all_of_them else pipeline.oldest_due():
+            finished = pipeline.finish_oldest(retry)
+            if finished is None:
                 return False
-            order.committed(in_flight.number)
-        consumer.commit(outcome.next_offsets)
-        self._record(outcome, in_flight.messages)
+            messages, outcome = finished
+            consumer.commit(outcome.next_offsets)
+            self._record(outcome, messages)
         return True
 
     def _place_held(self, consumer: AuditConsumer) -> bool:
@@ -322,8 +263,8 @@ class Daemon:
                     "policy": self.settings.on_offset_out_of_range})
                 moved = self._retry(
                     consumer, "moving a stored offset", RETRY_DATABASE,
-                    lambda p=partition, old=point.abandoned, new=point.offset: (
-                        move_stored_offset(self.engine, group, topic, p, old, new)))
+                    partial(move_stored_offset, self.engine, group, topic, partition,
+                            point.abandoned, point.offset))
                 if moved is None:
                     return False
                 if not moved:
@@ -393,45 +334,27 @@ class Daemon:
         return health
 
     def _loop(self, consumer: AuditConsumer, limits: RunLimits, pool: ValidationPool) -> None:
-        """Poll N+2 while N+1 is validated and N commits; finish batches (DB, then Kafka)
-        strictly in poll order, until stopped."""
-        submitted = 0
-        pipeline: deque[InFlight] = deque()
-        order = CommitOrder()
-
-        def finish_oldest() -> bool:
-            return self._finish(consumer, pipeline.popleft(), order)
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="committer") as committer:
-            try:
-                while not self.stop.event.is_set():
-                    if limits.max_batches is not None and submitted >= limits.max_batches:
-                        break
-                    batch = self._poll(consumer)
-                    if batch:
-                        submitted += 1
-                        prepared = pool.submit(batch, datetime.now(UTC))
-                        pipeline.append(InFlight(submitted, batch, prepared, committer.submit(
-                            self._commit_in_order, order, submitted, prepared)))
-                    while pipeline and (len(pipeline) > MAX_BATCHES_IN_FLIGHT
-                                        or pipeline[0].result.done()):
-                        if not finish_oldest():
-                            return
-                    if consumer.held():
-                        # The stored offsets are final only once nothing polled is uncommitted.
-                        while pipeline:
-                            if not finish_oldest():
-                                return
-                        if not self._place_held(consumer):
-                            return
-                    self._mark_alive(consumer)
-                    if limits.exit_when_idle and not pipeline and consumer.caught_up():
+        """Poll N+2 while N+1 is validated and N commits; acknowledge batches (database,
+        then Kafka) strictly in poll order, until stopped."""
+        with BatchPipeline(pool, self._commit) as pipeline:
+            while not self.stop.event.is_set():
+                if limits.max_batches is not None and pipeline.submitted >= limits.max_batches:
+                    break
+                batch = self._poll(consumer)
+                if batch:
+                    pipeline.submit(batch)
+                if not self._acknowledge(consumer, pipeline):
+                    return
+                if consumer.held():
+                    # The stored offsets are final only once nothing polled is uncommitted.
+                    if not self._acknowledge(consumer, pipeline, all_of_them=True):
                         return
-                while pipeline:
-                    if not finish_oldest():
+                    if not self._place_held(consumer):
                         return
-            finally:
-                order.abandon()
+                self._mark_alive(consumer)
+                if limits.exit_when_idle and not len(pipeline) and consumer.caught_up():
+                    return
+            self._acknowledge(consumer, pipeline, all_of_them=True)
 
     def run(self, limits: RunLimits | None = None) -> RunTotals:
         """Run until stopped (signal, max_batches, or idle when asked); returns the totals."""

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from audit_service.errors import ConfigurationError
-from audit_service.export_verify import export_line
-from audit_service.reader import WHOLE_CHAIN, AuditReader, SequenceRange
+from audit_service.auditing.export_verify import export_line
+from audit_service.core.errors import ConfigurationError
+from audit_service.storage.reader import WHOLE_CHAIN, AuditReader, SequenceRange
 
 STDOUT = "-"
 

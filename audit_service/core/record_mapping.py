@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit_service.chain import HASHED_FIELDS, compact_json_encoder, format_timestamp
-from audit_service.models import AuditRecord
+from audit_service.core.chain import HASHED_FIELDS, compact_json_encoder, format_timestamp
 
 _TIMESTAMP_FIELDS = ("timestamp", "ingested_at")
 
@@ -27,8 +26,9 @@ def row_values(
     return values
 
 
-def record_from_row(row: AuditRecord) -> dict[str, Any]:
-    """The hashed dict (plus record_hash) exactly as it was hashed when chained."""
+def record_from_row(row: Any) -> dict[str, Any]:
+    """The hashed dict (plus record_hash) exactly as it was hashed when chained; `row` is
+    an `AuditRecord` or anything with its attributes (the core never imports the models)."""
     record = {field: getattr(row, field) for field in HASHED_FIELDS}
     for field in _TIMESTAMP_FIELDS:
         record[field] = format_timestamp(record[field])

@@ -33,9 +33,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from audit_service import __version__
-from audit_service.batch import REJECTED_CONFLICT, REJECTED_REFUSED, BatchOutcome
-from audit_service.errors import AuditServiceError
-from audit_service.events import REJECTION_KINDS
+from audit_service.core.errors import AuditServiceError
+from audit_service.core.events import REJECTION_KINDS
+from audit_service.core.outcomes import REJECTED_CONFLICT, REJECTED_REFUSED, BatchOutcome
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class _BulkHistogram(Collector):
         cumulative, buckets = 0, []
         for bound, count in zip([*self._bounds, float("inf")], counts, strict=True):
             cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
+            # prometheus_client leaves floatToGoString unannotated.
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
         return [HistogramMetricFamily(
             self._name, self._documentation, buckets=buckets, sum_value=total)]
 

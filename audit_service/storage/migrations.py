@@ -10,9 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from audit_service.errors import SchemaNotCurrentError
+from audit_service.core.errors import SchemaNotCurrentError
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 """The repository's top-level alembic/ folder (the package is installed editable)."""
 
 

@@ -7,61 +7,18 @@ watermarks and lag, and says so.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from audit_service.broker.topic import high_watermarks
 from audit_service.config import Settings
-from audit_service.errors import ConnectionFailure
-from audit_service.reader import AuditReader, TenantOverview, VerificationRun
+from audit_service.core.errors import ConnectionFailure
+from audit_service.storage.reader import AuditReader, TenantOverview, VerificationRun
 
 BROKER_TIMEOUT_MS: Final = 5000
 """How long `status` waits for the broker before reporting it unreachable."""
 HASH_PREFIX_CHARS: Final = 16
-_POLL_MS: Final = 100
-
-
-def high_watermarks(bootstrap_servers: str, topic: str, timeout_ms: int) -> dict[int, int]:
-    """Each partition's true end offset, read from fetch responses.
-
-    `end_offsets()` (ListOffsets) is not enough: Tansu can answer the start of the last
-    record batch instead of the end. Every fetch response carries the high watermark, so
-    assign all partitions, seek to that (possibly short) end and poll until each partition
-    has reported one. Kept here, small and alone, because it is status's only Kafka call.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers.split(","), client_id="audit-service-status",
-            enable_auto_commit=False, allow_auto_create_topics=False,
-            bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-        )
-    except KafkaError as exc:
-        raise ConnectionFailure(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise ConnectionFailure(f"topic {topic!r} does not exist on {bootstrap_servers}")
-        assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-        consumer.assign(assigned)
-        consumer.seek_to_end()
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            consumer.poll(timeout_ms=_POLL_MS)
-            marks = {tp.partition: consumer.highwater(tp) for tp in assigned}
-            known = {partition: mark for partition, mark in marks.items() if mark is not None}
-            if len(known) == len(marks):
-                return known
-            if time.monotonic() > deadline:
-                missing = sorted(set(marks) - set(known))
-                raise ConnectionFailure(f"no high watermark for partitions {missing} in time")
-    except KafkaError as exc:
-        raise ConnectionFailure(f"reading high watermarks from Kafka: {exc}") from exc
-    finally:
-        consumer.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from audit_service.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
+from audit_service.broker.topic import produce_messages
+from audit_service.core.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 MAX_PRODUCER_LAG_MS = 250
 """Events are stamped up to this long before `now`: producers stamp, then publish."""
@@ -363,31 +364,6 @@ def encode_event(event: dict[str, Any]) -> tuple[bytes, bytes]:
     """The Kafka message for `event`: (key = tenant_id in UTF-8, value = compact JSON)."""
     value = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return event["tenant_id"].encode("utf-8"), value.encode("utf-8")
-
-
-def produce_messages(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
-) -> int:
-    """Send raw (key, value) messages, wait until all are acknowledged; return the count.
-
-    Raw bytes so tests and the dev stack can also send deliberately malformed input.
-    Raises the first delivery error (a kafka-python KafkaError) if any message failed.
-    """
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    errors: list[BaseException] = []
-    count = 0
-    try:
-        for key, value in messages:
-            producer.send(topic, key=key, value=value).add_errback(errors.append)
-            count += 1
-        producer.flush()
-    finally:
-        producer.close(timeout=10)
-    if errors:
-        raise errors[0]
-    return count
 
 
 def produce_events(bootstrap: str, topic: str, events: Iterable[dict[str, Any]]) -> int:

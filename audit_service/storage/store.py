@@ -11,21 +11,21 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, text, tuple_, update
+from sqlalchemy import CursorResult, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from audit_service.chain import ChainHead
-from audit_service.db import RecordRefused, translated_errors
-from audit_service.models import (
+from audit_service.core.chain import ChainHead
+from audit_service.core.record_mapping import COPY_COLUMNS, record_from_row
+from audit_service.storage.engine import RecordRefused, translated_errors
+from audit_service.storage.models import (
     AuditChainState,
     AuditConsumerOffset,
     AuditRecord,
     AuditRejectedEvent,
 )
-from audit_service.record_mapping import COPY_COLUMNS, record_from_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +149,9 @@ class ChainStore:
         if not lines:
             return
         with translated_errors("copying audit records"):
-            cursor = self.session.connection().connection.dbapi_connection.cursor()
+            dbapi_connection = self.session.connection().connection.dbapi_connection
+            assert dbapi_connection is not None  # checked out by the session's transaction
+            cursor = dbapi_connection.cursor()
             try:
                 cursor.copy_expert(
                     f"COPY audit_records ({', '.join(COPY_COLUMNS)}) FROM STDIN",
@@ -219,7 +221,7 @@ class ChainStore:
     def move_offset(self, partition: int, expected: int, new: int) -> bool:
         """Set one partition's next offset if it is still `expected` (compare-and-set).
 
-        Only the out-of-range policy moves an offset this way (see offset_policy); False
+        Only the out-of-range policy moves an offset this way (see core.offset_policy); False
         when another instance changed the row first, so the caller decides again.
         """
         with translated_errors("moving a stored offset"):
@@ -233,4 +235,4 @@ class ChainStore:
                 )
                 .values(next_offset=new)
             )
-        return result.rowcount == 1
+        return cast(CursorResult[Any], result).rowcount == 1

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, Text, cast, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from audit_service.chain import HASHED_FIELDS, ChainHead
-from audit_service.db import translated_errors
-from audit_service.models import (
+from audit_service.core.chain import HASHED_FIELDS, ChainHead
+from audit_service.storage.engine import translated_errors
+from audit_service.storage.models import (
     AuditChainState,
     AuditConsumerOffset,
     AuditRecord,

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
-from audit_service.chain import EVENT_FIELDS, ChainHead, canonical_json
-from audit_service.events import EventRejected
-from audit_service.record_mapping import copy_line
+from audit_service.core.chain import EVENT_FIELDS, ChainHead, canonical_json
+from audit_service.core.events import EventRejected
+from audit_service.core.record_mapping import copy_line
 
 _OPEN: Final = "\x00"
 """Placeholder for an open field. Validation rejects NUL anywhere in an event (keys and
@@ -34,7 +34,7 @@ _ROW_PARTS: Final = 5
 
 class PendingRecord(NamedTuple):
     """A validated event as texts with the links left open: nothing but strings in a
-    NamedTuple, the cheapest shape to pickle between processes (see `validation_pool`)."""
+    NamedTuple, the cheapest shape to pickle between processes (see `ingest.validation_pool`)."""
 
     tenant_id: str
     audit_id: str
@@ -56,7 +56,8 @@ class LinkedRecord:
     def as_record(self) -> dict[str, Any]:
         """The full hashed dict plus record_hash: canonical JSON parses back to the exact
         values that were hashed (for row-by-row inserts)."""
-        return json.loads(self.canonical) | {"record_hash": self.record_hash}
+        record: dict[str, Any] = json.loads(self.canonical)
+        return record | {"record_hash": self.record_hash}
 
 
 def _with_open_links(event: Mapping[str, Any]) -> dict[str, Any]:

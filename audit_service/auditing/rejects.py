@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Final
 
-from audit_service.reader import RejectedEvent
+from audit_service.storage.reader import RejectedEvent
 
 REASON_CHARS_IN_LIST: Final = 80
 _NAMED_ESCAPES: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}

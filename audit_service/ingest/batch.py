@@ -15,68 +15,33 @@ Contract of `commit_batch` (the core promise of SPEC section 5):
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from audit_service.chain import (
+from audit_service.core.chain import (
     ChainHead,
     advance,
     format_timestamp,
     genesis_record,
 )
-from audit_service.db import RecordRefused, translated_errors
-from audit_service.events import EventRejected, ValidationLimits, parse_event
-from audit_service.linking import PendingRecord, canonical_parts, link, render
-from audit_service.record_mapping import copy_line, row_values
-from audit_service.store import ChainStore, Rejection
+from audit_service.core.events import EventRejected, ValidationLimits, parse_event
+from audit_service.core.linking import PendingRecord, canonical_parts, link, render
+from audit_service.core.messages import ConsumedMessage
+from audit_service.core.outcomes import (
+    REJECTED_CONFLICT,
+    REJECTED_REFUSED,
+    BatchOutcome,
+)
+from audit_service.core.record_mapping import copy_line, row_values
+from audit_service.storage.engine import RecordRefused, translated_errors
+from audit_service.storage.store import ChainStore, Rejection
 
 log = logging.getLogger(__name__)
-
-REJECTED_CONFLICT = "conflict"
-"""Rejection kind: an audit_id already chained for the tenant with different content."""
-REJECTED_REFUSED = "refused"
-"""Rejection kind: PostgreSQL refused the record's content."""
-
-
-class ConsumedMessage(NamedTuple):
-    """A Kafka message as the pipeline needs it, independent of the client library (a
-    NamedTuple: batches of them are pickled to the validation worker)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None = None
-
-    @property
-    def kafka_timestamp(self) -> datetime | None:
-        if self.timestamp_ms is None or self.timestamp_ms < 0:
-            return None
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
-
-
-@dataclass(slots=True)
-class BatchOutcome:
-    """What one committed batch did; `next_offsets` is what to commit to Kafka."""
-
-    chained: int = 0
-    genesis: int = 0
-    duplicates: int = 0
-    already_committed: int = 0
-    rejected: int = 0
-    rejected_by_kind: Counter[str] = field(default_factory=Counter)
-    next_offsets: dict[int, int] = field(default_factory=dict)
-    tenants: set[str] = field(default_factory=set)
-    event_timestamps: list[str] = field(default_factory=list)
-    """Rendered timestamps of the chained events (for end-to-end latency metrics)."""
-
 
 class _BatchChainer:
     """Chains one batch's events inside an open transaction."""

@@ -31,7 +31,7 @@ from audit_service.core.chain import (
     jsonb_stable,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 VECTORS = ROOT / "tests" / "vectors" / "chain.jsonl"
 HASH_DOC = ROOT / "docs" / "hash-chain.md"
 TENANT = "tenant-vectors"

@@ -33,7 +33,7 @@ from audit_service.core.chain import (
     parse_timestamp,
 )
 
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "chain.jsonl"
+VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "chain.jsonl"
 LINES = VECTORS.read_bytes().splitlines(keepends=True)
 HEAD = json.loads(LINES[-1])["record_hash"]
 

@@ -43,7 +43,7 @@ TENANT = "tenant-x"
 OTHER = "tenant-y"
 EVENTS = 12
 """Events of TENANT; with genesis its chain holds sequences 0..12."""
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "chain.jsonl"
+VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "chain.jsonl"
 ZEROS = GENESIS_PREVIOUS_HASH
 
 

@@ -160,6 +160,14 @@ class SignerKey:
         return f"SignerKey(name={self.name!r}, key_id={self.key_id:08x})"
 
 
+def check_note_text(text: str) -> None:
+    """Raise NoteError unless `text` can be signed: it ends in a newline and holds no
+    control character but newlines (signed-note's rules for the whole note)."""
+    _check_note_characters(text, "note text")
+    if not text.endswith("\n"):
+        raise NoteError("note text does not end with a newline")
+
+
 def generate_signer(name: str) -> SignerKey:
     """A new random signer key for `name`."""
     return SignerKey(name, Ed25519PrivateKey.generate().private_bytes_raw())
@@ -176,12 +184,10 @@ class VerifiedNote:
 def sign_note(text: str, signers: Sequence[SignerKey]) -> str:
     """The signed note: `text`, a blank line, one signature line per signer, in order.
 
-    `text` must end in a newline and hold no control character but newlines (a note may
-    not); one or more distinct signers, at most MAX_SIGNATURES.
+    `text` must pass `check_note_text`; one or more distinct signers, at most
+    MAX_SIGNATURES.
     """
-    _check_note_characters(text, "note text")
-    if not text.endswith("\n"):
-        raise NoteError("note text does not end with a newline")
+    check_note_text(text)
     if not signers:
         raise NoteError("a note needs at least one signer")
     if len(signers) > MAX_SIGNATURES:

@@ -1,0 +1,126 @@
+"""C2SP tlog-checkpoint: the note text that states a tenant's tree size and root hash.
+
+Three lines, each ending in a newline: the origin, the tree size in decimal, the root hash
+in standard base64; any further lines are opaque extension lines (the service writes none).
+The service's origin line is `<checkpoint_origin>/<tenant_id>` (SPEC section 8): one key
+signs every tenant's checkpoints, and no checkpoint of one tenant reads as another's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from audit_service.core.encoding import b64decode, b64encode
+from audit_service.core.merkle import HASH_SIZE, MAX_TREE_SIZE
+from audit_service.core.signed_note import NoteError, check_key_name, check_note_text
+
+TENANT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""A tenant id (SPEC section 2), to be used with fullmatch: it never holds '/'."""
+
+_TREE_SIZE: Final = re.compile(r"0|[1-9][0-9]*")
+"""ASCII decimal with no leading zeros (int() would also take '+1', ' 1', '1_0' and
+non-ASCII digits)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint text or origin that breaks tlog-checkpoint or the service's rules."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A parsed checkpoint body: whose tree, how many leaves, and its RFC 9162 root."""
+
+    origin: str
+    size: int
+    root: bytes
+    extensions: tuple[str, ...] = ()
+
+
+def format_checkpoint(origin: str, size: int, root: bytes) -> str:
+    """The checkpoint text: origin, size and base64 root, each line ending in a newline."""
+    if not origin or "\n" in origin:
+        raise CheckpointError("the origin must be one non-empty line")
+    if not 0 <= size <= MAX_TREE_SIZE:
+        raise CheckpointError(f"tree size {size} is outside [0, {MAX_TREE_SIZE}]")
+    if len(root) != HASH_SIZE:
+        raise CheckpointError(f"a root hash is {HASH_SIZE} bytes, got {len(root)}")
+    text = f"{origin}\n{size}\n{b64encode(root)}\n"
+    _check_text(text)
+    return text
+
+
+def parse_checkpoint(text: str) -> Checkpoint:
+    """Parse and validate a checkpoint text (a note's text, as `open_note` returns it)."""
+    _check_text(text)
+    lines = text[:-1].split("\n")
+    if len(lines) < 3:
+        raise CheckpointError("a checkpoint needs origin, tree size and root hash lines")
+    origin, size_line, root_line, *extensions = lines
+    if not origin:
+        raise CheckpointError("the origin line is empty")
+    if not _TREE_SIZE.fullmatch(size_line):
+        raise CheckpointError(
+            f"tree size {size_line[:32]!r} is not a decimal number without leading zeros"
+        )
+    size = int(size_line)
+    if size > MAX_TREE_SIZE:
+        raise CheckpointError(f"tree size {size_line[:32]} is larger than {MAX_TREE_SIZE}")
+    try:
+        root = b64decode(root_line)
+    except ValueError as exc:
+        raise CheckpointError(f"root hash is {exc}") from None
+    if len(root) != HASH_SIZE:
+        raise CheckpointError(f"root hash is {len(root)} bytes, not {HASH_SIZE}")
+    if "" in extensions:
+        raise CheckpointError("an extension line is empty")
+    return Checkpoint(origin, size, root, tuple(extensions))
+
+
+def tenant_origin(origin: str, tenant_id: str) -> str:
+    """The origin line of a tenant's checkpoints: `<origin>/<tenant_id>`."""
+    _check_service_origin(origin)
+    _check_tenant_id(tenant_id)
+    return f"{origin}/{tenant_id}"
+
+
+def tenant_from_origin(origin: str, origin_line: str) -> str:
+    """The tenant id in an origin line made by `tenant_origin(origin, ...)`, or raise."""
+    _check_service_origin(origin)
+    prefix = f"{origin}/"
+    if not origin_line.startswith(prefix):
+        raise CheckpointError(
+            f"origin line {origin_line[:160]!r} is not under origin {origin!r}"
+        )
+    tenant_id = origin_line[len(prefix) :]
+    _check_tenant_id(tenant_id)
+    return tenant_id
+
+
+def _check_service_origin(origin: str) -> None:
+    # tlog-checkpoint: the origin SHOULD hold neither spaces nor '+', a key name's rules;
+    # tlog-tiles: no trailing slash.
+    try:
+        check_key_name(origin)
+    except NoteError:
+        raise CheckpointError(
+            f"checkpoint origin {origin[:160]!r} is empty or holds whitespace, '+' or a "
+            "control character"
+        ) from None
+    if origin.endswith("/"):
+        raise CheckpointError(f"checkpoint origin {origin[:160]!r} ends with '/'")
+
+
+def _check_tenant_id(tenant_id: str) -> None:
+    if not TENANT_ID.fullmatch(tenant_id):
+        raise CheckpointError(
+            f"tenant id {tenant_id[:160]!r} is not 1-128 characters of [A-Za-z0-9._:-]"
+        )
+
+
+def _check_text(text: str) -> None:
+    try:
+        check_note_text(text)
+    except NoteError as exc:
+        raise CheckpointError(f"checkpoint {exc}") from None

@@ -209,6 +209,8 @@ def open_note(note: str | bytes, verifiers: Iterable[VerifierKey]) -> VerifiedNo
     Follows signed-note: signatures from unknown keys (name or key ID not both known) are
     ignored; a known key's signature that fails rejects the whole note; at least one known
     key must have signed. The text is split from the signatures at the last blank line.
+    Every signature from a known key is checked, repeats too (the spec's MUST; Go's
+    note.Open checks only the first per key).
     """
     if isinstance(note, bytes):
         try:

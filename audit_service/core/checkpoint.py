@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from audit_service.core.encoding import b64decode, b64encode
+from audit_service.core.event_schema import TENANT_ID_PATTERN
 from audit_service.core.merkle import HASH_SIZE, MAX_TREE_SIZE
 from audit_service.core.signed_note import NoteError, check_key_name, check_note_text
 
-TENANT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-"""A tenant id (SPEC section 2), to be used with fullmatch: it never holds '/'."""
+TENANT_ID: Final = re.compile(TENANT_ID_PATTERN)
+"""A tenant id (SPEC section 2), the event schema's rule: it never holds '/'."""
 
 _TREE_SIZE: Final = re.compile(r"0|[1-9][0-9]*")
 """ASCII decimal with no leading zeros (int() would also take '+1', ' 1', '1_0' and

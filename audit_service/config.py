@@ -67,6 +67,14 @@ class Settings(BaseModel):
     metrics_max_tenants: int = Field(500, ge=0, le=10_000)
     on_offset_out_of_range: str = "fail"
     kafka_partitions: tuple[int, ...] = ()
+    checkpoint_key_file: str | None = None
+    """Signer key (`audit-service keygen`); signed checkpoints are on when it is set."""
+    checkpoint_dir: str | None = None
+    """The external sink: one append-only JSON Lines file of checkpoints per tenant."""
+    checkpoint_origin: str | None = None
+    """First part of each checkpoint's origin line (`<origin>/<tenant>`); default: key name."""
+    checkpoint_every_records: int = Field(1000, ge=1)
+    checkpoint_every_s: float = Field(60.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +106,18 @@ class Settings(BaseModel):
                 "database_url contains a different password; give it in one place only")
         merged = url.set(password=password).render_as_string(hide_password=False)
         return {**data, "database_url": merged}
+
+    @model_validator(mode="after")
+    def _checkpoint_sink_with_key(self) -> Settings:
+        """Signing without somewhere outside the database to keep the signatures would
+        protect nothing: the key needs the sink."""
+        if self.checkpoint_key_file and not self.checkpoint_dir:
+            raise ValueError("checkpoint_key_file is set but checkpoint_dir is not")
+        if self.checkpoint_origin is not None and (
+            not self.checkpoint_origin or any(c.isspace() for c in self.checkpoint_origin)
+        ):
+            raise ValueError("checkpoint_origin must be non-empty, without whitespace")
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -8,6 +8,7 @@ signs every tenant's checkpoints, and no checkpoint of one tenant reads as anoth
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -125,3 +126,68 @@ def _check_text(text: str) -> None:
         check_note_text(text)
     except NoteError as exc:
         raise CheckpointError(f"checkpoint {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    """One signed checkpoint as the sink keeps it (SPEC 8): a JSON Lines object.
+
+    `tenant_id`, `tree_size` and `root_hash` are conveniences for people and tools; a
+    verifier trusts only the signed `note` and checks that they agree with it.
+    """
+
+    tenant_id: str
+    tree_size: int
+    root_hash: bytes
+    note: str
+
+    def to_sink_line(self) -> str:
+        """One line of the tenant's sink file, newline included."""
+        return json.dumps({
+            "tenant_id": self.tenant_id, "tree_size": self.tree_size,
+            "root_hash": b64encode(self.root_hash), "note": self.note,
+        }, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_sink_line(cls, line: str) -> SignedCheckpoint:
+        """Parse one sink line; CheckpointError says what is malformed."""
+        try:
+            fields = json.loads(line)
+        except ValueError:
+            raise CheckpointError("not a JSON object") from None
+        if not isinstance(fields, dict):
+            raise CheckpointError("not a JSON object")
+        tenant_id, tree_size = fields.get("tenant_id"), fields.get("tree_size")
+        root_hash, note = fields.get("root_hash"), fields.get("note")
+        if not isinstance(tenant_id, str) or not TENANT_ID.fullmatch(tenant_id):
+            raise CheckpointError("tenant_id is missing or not a tenant id")
+        if type(tree_size) is not int or not 0 < tree_size <= MAX_TREE_SIZE:
+            raise CheckpointError("tree_size is missing or not a positive integer")
+        if not isinstance(root_hash, str) or not isinstance(note, str):
+            raise CheckpointError("root_hash or note is missing or not a string")
+        try:
+            root = b64decode(root_hash)
+        except ValueError as exc:
+            raise CheckpointError(f"root_hash is {exc}") from None
+        if len(root) != HASH_SIZE:
+            raise CheckpointError(f"root_hash is {len(root)} bytes, not {HASH_SIZE}")
+        return cls(tenant_id, tree_size, root, note)
+
+
+SINK_FILE_PREFIX: Final = "checkpoints-"
+SINK_FILE_SUFFIX: Final = ".jsonl"
+
+
+def sink_file_name(tenant_id: str) -> str:
+    """`checkpoints-<tenant>.jsonl`, the tenant's file in the sink directory: tenant ids
+    hold no '/', and the prefix keeps `.` and `..` (valid ids) from naming a directory."""
+    _check_tenant_id(tenant_id)
+    return f"{SINK_FILE_PREFIX}{tenant_id}{SINK_FILE_SUFFIX}"
+
+
+def tenant_of_sink_file(name: str) -> str | None:
+    """The tenant whose checkpoints the sink file `name` holds, None for any other file."""
+    if not (name.startswith(SINK_FILE_PREFIX) and name.endswith(SINK_FILE_SUFFIX)):
+        return None
+    tenant_id = name[len(SINK_FILE_PREFIX):-len(SINK_FILE_SUFFIX)]
+    return tenant_id if TENANT_ID.fullmatch(tenant_id) else None

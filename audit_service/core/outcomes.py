@@ -25,3 +25,5 @@ class BatchOutcome:
     tenants: set[str] = field(default_factory=set)
     event_timestamps: list[str] = field(default_factory=list)
     """Rendered timestamps of the chained events (for end-to-end latency metrics)."""
+    checkpointed: list[str] = field(default_factory=list)
+    """Tenants whose checkpoint this batch signed: to publish once it committed."""

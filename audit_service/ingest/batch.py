@@ -31,6 +31,7 @@ from audit_service.core.chain import (
 )
 from audit_service.core.events import EventRejected, ValidationLimits, parse_event
 from audit_service.core.linking import PendingRecord, canonical_parts, link, render
+from audit_service.core.merkle import leaf_hash
 from audit_service.core.messages import ConsumedMessage
 from audit_service.core.outcomes import (
     REJECTED_CONFLICT,
@@ -38,22 +39,27 @@ from audit_service.core.outcomes import (
     BatchOutcome,
 )
 from audit_service.core.record_mapping import copy_line, row_values
+from audit_service.core.tree_state import TreeState
+from audit_service.ingest.checkpointing import Checkpointer
 from audit_service.storage.engine import RecordRefused, translated_errors
-from audit_service.storage.store import ChainStore, Rejection
+from audit_service.storage.store import ChainStore, NewCheckpoint, Rejection
 
 log = logging.getLogger(__name__)
 
 class _BatchChainer:
     """Chains one batch's events inside an open transaction."""
 
-    def __init__(self, store: ChainStore, isolate_rows: bool, now: datetime):
+    def __init__(self, store: ChainStore, isolate_rows: bool, now: datetime,
+                 checkpointer: Checkpointer | None):
         self.store = store
         self.isolate_rows = isolate_rows
         self.now = now
+        self.checkpointer = checkpointer
         self.copy_lines: list[str] = []
         self.rejections: list[Rejection] = []
         self.ingested_at = format_timestamp(now)
         self.heads: dict[str, ChainHead] = {}
+        self.trees: dict[str, TreeState] = {}
         self.last_timestamps: dict[str, str] = {}
         self.outcome = BatchOutcome()
 
@@ -88,8 +94,10 @@ class _BatchChainer:
     def advance_head(self, head: ChainHead, timestamp: str) -> None:
         """Move a tenant's head past a record just appended; every appended record, genesis
         included, must go through here, or its head is not saved with the batch (an empty
-        head must never survive a commit that stored a genesis)."""
+        head must never survive a commit that stored a genesis), and the record is a leaf
+        of the tenant's Merkle tree."""
         self.heads[head.tenant_id] = head
+        self.trees[head.tenant_id].tree.append(leaf_hash(bytes.fromhex(head.last_hash)))
         self.last_timestamps[head.tenant_id] = timestamp
         self.outcome.tenants.add(head.tenant_id)
 
@@ -99,6 +107,7 @@ class _BatchChainer:
         refusal = self.append(copy_line(genesis, None, None, None), lambda: genesis, None)
         if refusal is None:
             self.advance_head(advance(self.heads[tenant], genesis), genesis["timestamp"])
+            self.trees[tenant].checkpointed_at = self.now  # its checkpoint clock starts
             self.outcome.genesis += 1
         return refusal
 
@@ -122,6 +131,18 @@ class _BatchChainer:
         self.outcome.event_timestamps.append(pending.timestamp)
         return True
 
+    def sign_due_checkpoints(self) -> list[NewCheckpoint]:
+        """Checkpoints of the trees this batch made due, signed before the commit that holds
+        their records (so the database never has a checkpoint beyond its records)."""
+        if self.checkpointer is None:
+            return []
+        signed = []
+        for tenant in sorted(self.outcome.tenants):
+            if self.checkpointer.due(self.trees[tenant], self.now):
+                signed.append(self.checkpointer.sign(tenant, self.trees[tenant], self.now))
+                self.outcome.checkpointed.append(tenant)
+        return signed
+
     def run(self, batch: PreparedBatch) -> None:
         messages = batch.messages
         stored = self.store.lock_offsets([m.partition for m in messages])
@@ -135,7 +156,7 @@ class _BatchChainer:
         self.outcome.already_committed = len(messages) - len(fresh)
 
         events = [e for _, e in fresh if isinstance(e, PendingRecord)]
-        self.heads = self.store.lock_heads(e.tenant_id for e in events)
+        self.heads, self.trees = self.store.lock_heads(e.tenant_id for e in events)
         known = {
             key: canonical_parts(record) for key, record in
             self.store.find_chained((e.tenant_id, e.audit_id) for e in events).items()
@@ -157,10 +178,13 @@ class _BatchChainer:
                 known[key] = result.hash_parts
 
         self.store.copy_records(self.copy_lines)
+        checkpoints = self.sign_due_checkpoints()
         self.store.save_heads(
-            [(self.heads[t], self.last_timestamps[t]) for t in sorted(self.outcome.tenants)],
+            [(self.heads[t], self.last_timestamps[t], self.trees[t])
+             for t in sorted(self.outcome.tenants)],
             self.ingested_at,
         )
+        self.store.insert_checkpoints(checkpoints)
         self.store.insert_rejections(self.rejections)
         self.store.save_offsets(self.outcome.next_offsets)
 
@@ -191,6 +215,7 @@ def prepare_batch(
 def commit_prepared(
     engine: Engine, batch: PreparedBatch, consumer_group: str,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    checkpointer: Checkpointer | None = None,
 ) -> BatchOutcome:
     """Chain a prepared batch in one committed transaction (see the module contract).
 
@@ -201,10 +226,12 @@ def commit_prepared(
     if not batch.messages:
         return BatchOutcome()
     try:
-        return _run_transaction(engine, batch, consumer_group, clock, isolate_rows=False)
+        return _run_transaction(engine, batch, consumer_group, clock, checkpointer,
+                                isolate_rows=False)
     except RecordRefused as exc:
         log.warning("batch refused by PostgreSQL, retrying row by row", extra={"error": str(exc)})
-        return _run_transaction(engine, batch, consumer_group, clock, isolate_rows=True)
+        return _run_transaction(engine, batch, consumer_group, clock, checkpointer,
+                                isolate_rows=True)
 
 
 def commit_batch(
@@ -233,12 +260,12 @@ def move_stored_offset(
 
 def _run_transaction(
     engine: Engine, batch: PreparedBatch, consumer_group: str,
-    clock: Callable[[], datetime], *, isolate_rows: bool,
+    clock: Callable[[], datetime], checkpointer: Checkpointer | None, *, isolate_rows: bool,
 ) -> BatchOutcome:
     topic = batch.messages[0].topic
     with translated_errors("committing the batch"), Session(engine) as session, session.begin():
         chainer = _BatchChainer(
-            ChainStore(session, consumer_group, topic), isolate_rows, clock()
+            ChainStore(session, consumer_group, topic), isolate_rows, clock(), checkpointer
         )
         chainer.run(batch)
     return chainer.outcome

@@ -149,8 +149,10 @@ class HealthServer:
         self, host: str, port: int, state: LoopState, liveness_timeout_s: float,
         database_ok: Callable[[], bool], metrics: Callable[[], tuple[bytes, str]],
         max_connections: int = MAX_CONNECTIONS,
+        ready_details: Callable[[], dict[str, Any]] | None = None,
     ):
         self.state = state
+        self.ready_details = ready_details
         self.liveness_timeout_s = liveness_timeout_s
         self.database_ok = database_ok
         self.metrics = metrics
@@ -187,6 +189,8 @@ class HealthServer:
             "database": "ok" if database else "unreachable",
             "assigned_partitions": partitions,
         }
+        if self.ready_details is not None:
+            body.update(self.ready_details())
         return (200 if ready else 503), body
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

@@ -167,6 +167,18 @@ class ServiceMetrics:
             ["partition"], registry=registry)
         self.last_commit = Gauge("audit_last_commit_timestamp_seconds",
                                  "Unix time of the last committed batch.", registry=registry)
+        self.checkpoints_signed = Counter(
+            "audit_checkpoints_signed", "Checkpoints signed and committed to the database.",
+            registry=registry)
+        self.checkpoints_appended = Counter(
+            "audit_checkpoints_published", "Checkpoints appended to the sink.",
+            registry=registry)
+        self.checkpoints_pending = Gauge(
+            "audit_checkpoints_pending",
+            "Checkpoints committed to the database but not yet in the sink.", registry=registry)
+        self.checkpoint_last_published = Gauge(
+            "audit_checkpoint_last_published_timestamp_seconds",
+            "Unix time of the last successful publication to the sink.", registry=registry)
         Info("audit_build", "Version of the running service.", registry=registry).info(
             {"version": __version__, "python": platform.python_version()})
         ProcessCollector(registry=registry)
@@ -183,6 +195,7 @@ class ServiceMetrics:
         self.batches.inc()
         self.batch_size.observe(messages)
         self.chained.inc(outcome.chained)
+        self.checkpoints_signed.inc(len(outcome.checkpointed))
         self.duplicates.inc(outcome.duplicates)
         for kind, count in outcome.rejected_by_kind.items():
             self.rejected.labels(kind).inc(count)
@@ -191,6 +204,16 @@ class ServiceMetrics:
             for timestamp in outcome.event_timestamps
         ])
         self.last_commit.set(now)
+
+    def count_checkpoints(self, signed: int) -> None:
+        self.checkpoints_signed.inc(signed)
+
+    def checkpoints_published(self, appended: int, pending: int, at: float | None) -> None:
+        """After a publication pass: how many went out, how many wait, when it worked."""
+        self.checkpoints_appended.inc(appended)
+        self.checkpoints_pending.set(pending)
+        if at is not None:
+            self.checkpoint_last_published.set(at)
 
     def observe_transaction(self, seconds: float) -> None:
         self.transaction.observe(seconds)

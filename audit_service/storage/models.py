@@ -98,7 +98,11 @@ class AuditRecord(Base):
 
 
 class AuditChainState(Base):
-    """Each tenant's chain head; its row is locked FOR UPDATE while the tenant is chained."""
+    """Each tenant's chain head; its row is locked FOR UPDATE while the tenant is chained.
+
+    Beside the head lives the tenant's Merkle tree (SPEC 8) as its compact range, updated
+    in the same batch transaction, so a checkpoint never rereads the chain.
+    """
 
     __tablename__ = "audit_chain_state"
 
@@ -107,6 +111,16 @@ class AuditChainState(Base):
     last_hash: Mapped[str] = mapped_column(Text)
     last_timestamp: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    merkle_range: Mapped[bytes] = mapped_column(
+        LargeBinary, server_default=text("''::bytea"),
+        comment="roots of the perfect subtrees of the tree of last_sequence + 1 leaves",
+    )
+    checkpointed_size: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("0"), comment="tree size of the newest checkpoint"
+    )
+    checkpointed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="when the newest checkpoint was signed"
+    )
 
     __table_args__ = (
         CheckConstraint(f"last_hash ~ {HEX_SHA256}", name="last_hash_hex"),
@@ -178,3 +192,30 @@ class AuditVerificationLog(Base):
     duration_ms: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_audit_verification_log_tenant_started", "tenant_id", "started_at"),)
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint of one tenant's tree (C2SP tlog-checkpoint in a signed note).
+
+    Append-only. This copy is for listing and republishing; the copy that protects the
+    chain is the one in the sink outside the database, which its owner cannot rewrite.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    key_name: Mapped[str] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(Text, comment="the whole signed note")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "tree_size"),
+        CheckConstraint("tree_size > 0", name="tree_size_positive"),
+        CheckConstraint("length(root_hash) = 32", name="root_hash_sha256"),
+        {"comment": "Signed checkpoints per tenant; append-only."},
+    )

@@ -8,7 +8,7 @@ objects: the verifier and `export` stream millions of them in constant memory.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_service.core.chain import HASHED_FIELDS, ChainHead
+from audit_service.core.checkpoint import SignedCheckpoint
 from audit_service.storage.engine import translated_errors
 from audit_service.storage.models import (
     AuditChainState,
+    AuditCheckpoint,
     AuditConsumerOffset,
     AuditRecord,
     AuditRejectedEvent,
@@ -125,6 +127,18 @@ _REJECT_SUMMARY_COLUMNS: Final = (
     AuditRejectedEvent.audit_id, AuditRejectedEvent.reason,
     func.octet_length(AuditRejectedEvent.raw_value),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """A row of audit_checkpoints."""
+
+    tenant_id: str
+    tree_size: int
+    root_hash: bytes
+    key_name: str
+    created_at: datetime
+    note: str
 
 
 class AuditReader:
@@ -299,3 +313,43 @@ class AuditReader:
         ).where(log.id.in_(latest))
         with translated_errors("reading the verification log"), Session(self.engine) as session:
             return {row[0]: VerificationRun(*row) for row in session.execute(statement)}
+
+    def checkpoint_sizes(self) -> dict[str, int]:
+        """Each tenant's newest checkpointed tree size in audit_checkpoints."""
+        checkpoint = AuditCheckpoint
+        statement = select(checkpoint.tenant_id, func.max(checkpoint.tree_size)).group_by(
+            checkpoint.tenant_id)
+        with translated_errors("reading checkpoint sizes"), Session(self.engine) as session:
+            return {tenant: int(size) for tenant, size in session.execute(statement)}
+
+    def checkpoints_after(self, published: Mapping[str, int]) -> list[SignedCheckpoint]:
+        """The checkpoints of these tenants beyond the given tree sizes, in tenant and
+        size order: what a sink that holds up to those sizes still lacks (one query)."""
+        if not published:
+            return []
+        tenants, sizes = zip(*sorted(published.items()), strict=True)
+        statement = text(
+            "SELECT c.tenant_id, c.tree_size, c.root_hash, c.note "
+            "FROM unnest(CAST(:tenants AS text[]), CAST(:sizes AS bigint[])) "
+            "AS p(tenant_id, tree_size) "
+            "JOIN audit_checkpoints AS c "
+            "ON c.tenant_id = p.tenant_id AND c.tree_size > p.tree_size "
+            "ORDER BY c.tenant_id, c.tree_size"
+        )
+        with translated_errors("reading checkpoints"), Session(self.engine) as session:
+            rows = session.execute(statement, {"tenants": list(tenants), "sizes": list(sizes)})
+            return [SignedCheckpoint(tenant, size, bytes(root), note)
+                    for tenant, size, root, note in rows]
+
+    def checkpoints(self, tenant_id: str | None = None) -> list[CheckpointRow]:
+        """Stored checkpoints (of one tenant when given), by tenant and size."""
+        checkpoint = AuditCheckpoint
+        statement = select(
+            checkpoint.tenant_id, checkpoint.tree_size, checkpoint.root_hash,
+            checkpoint.key_name, checkpoint.created_at, checkpoint.note,
+        ).order_by(checkpoint.tenant_id, checkpoint.tree_size)
+        if tenant_id is not None:
+            statement = statement.where(checkpoint.tenant_id == tenant_id)
+        with translated_errors("reading checkpoints"), Session(self.engine) as session:
+            return [CheckpointRow(t, s, bytes(r), k, c, n)
+                    for t, s, r, k, c, n in session.execute(statement)]

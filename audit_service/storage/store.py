@@ -8,24 +8,47 @@ partition offset rows first (sorted by partition), then tenant heads (sorted by 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, insert, select, text, tuple_, update
+from sqlalchemy import CursorResult, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from audit_service.core.chain import ChainHead
+from audit_service.core.checkpoint import SignedCheckpoint
+from audit_service.core.merkle import CompactRange
 from audit_service.core.record_mapping import COPY_COLUMNS, record_from_row
+from audit_service.core.tree_state import TreeState
 from audit_service.storage.engine import RecordRefused, translated_errors
 from audit_service.storage.models import (
     AuditChainState,
+    AuditCheckpoint,
     AuditConsumerOffset,
     AuditRecord,
     AuditRejectedEvent,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class NewCheckpoint:
+    """A checkpoint signed inside the batch transaction whose records it covers."""
+
+    signed: SignedCheckpoint
+    key_name: str
+
+
+def _tree_state(last_sequence: int, merkle_range: bytes, checkpointed_size: int,
+                checkpointed_at: datetime | None) -> TreeState:
+    tree = CompactRange.from_bytes(last_sequence + 1, bytes(merkle_range))
+    return TreeState(tree, checkpointed_size, checkpointed_at)
+
+
+def _tree_columns(tree: TreeState) -> dict[str, Any]:
+    return {"merkle_range": tree.tree.to_bytes(), "checkpointed_size": tree.checkpointed_size,
+            "checkpointed_at": tree.checkpointed_at}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +103,11 @@ class ChainStore:
             ).all()
         return {partition: next_offset for partition, next_offset in rows}
 
-    def lock_heads(self, tenant_ids: Iterable[str]) -> dict[str, ChainHead]:
-        """Lock each tenant's head row in sorted order, creating empty heads for new tenants.
+    def lock_heads(
+        self, tenant_ids: Iterable[str]
+    ) -> tuple[dict[str, ChainHead], dict[str, TreeState]]:
+        """Lock each tenant's head row in sorted order, creating empty heads for new tenants;
+        return the heads and the Merkle trees kept beside them.
 
         An empty head (last_sequence -1) never survives a commit: the batch that creates it
         also appends the tenant's genesis record and advances the head. A concurrent
@@ -89,10 +115,11 @@ class ChainStore:
         """
         ordered = sorted(set(tenant_ids))
         if not ordered:
-            return {}
+            return {}, {}
+        state = AuditChainState
         with translated_errors("locking chain heads"):
             self.session.execute(
-                pg_insert(AuditChainState)
+                pg_insert(state)
                 .values([
                     {"tenant_id": tenant, "last_sequence": -1,
                      "last_hash": ChainHead.empty(tenant).last_hash}
@@ -102,15 +129,38 @@ class ChainStore:
             )
             rows = self.session.execute(
                 select(
-                    AuditChainState.tenant_id,
-                    AuditChainState.last_sequence,
-                    AuditChainState.last_hash,
+                    state.tenant_id, state.last_sequence, state.last_hash, state.merkle_range,
+                    state.checkpointed_size, state.checkpointed_at,
                 )
-                .where(AuditChainState.tenant_id.in_(ordered))
-                .order_by(AuditChainState.tenant_id)
+                .where(state.tenant_id.in_(ordered))
+                .order_by(state.tenant_id)
                 .with_for_update()
             ).all()
-        return {tenant: ChainHead(tenant, sequence, last) for tenant, sequence, last in rows}
+        heads = {tenant: ChainHead(tenant, sequence, last) for tenant, sequence, last, *_ in rows}
+        trees = {row[0]: _tree_state(row[1], *row[3:]) for row in rows}
+        return heads, trees
+
+    def lock_trees_due(self, signed_before: datetime | None) -> dict[str, TreeState]:
+        """Lock the trees that grew since their newest checkpoint and whose checkpoint clock
+        started before `signed_before` (None: every tree that grew), in tenant order.
+
+        SKIP LOCKED: a tenant whose batch holds its row right now is passed over (its batch
+        or the next pass checkpoints it), so this never waits on the write path.
+        """
+        state = AuditChainState
+        statement = (
+            select(state.tenant_id, state.last_sequence, state.merkle_range,
+                   state.checkpointed_size, state.checkpointed_at)
+            .where(state.last_sequence + 1 > state.checkpointed_size)
+            .order_by(state.tenant_id)
+            .with_for_update(skip_locked=True)
+        )
+        if signed_before is not None:
+            statement = statement.where(or_(
+                state.checkpointed_at.is_(None), state.checkpointed_at <= signed_before))
+        with translated_errors("locking trees due a checkpoint"):
+            rows = self.session.execute(statement).all()
+        return {row[0]: _tree_state(*row[1:]) for row in rows}
 
     def find_chained(
         self, keys: Iterable[tuple[str, str]]
@@ -176,8 +226,11 @@ class ChainStore:
         savepoint.commit()
         return None
 
-    def save_heads(self, heads: Sequence[tuple[ChainHead, str]], updated_at: str) -> None:
-        """Advance heads to (last sequence, last hash), with the last record's timestamp."""
+    def save_heads(
+        self, heads: Sequence[tuple[ChainHead, str, TreeState]], updated_at: str
+    ) -> None:
+        """Advance heads to (last sequence, last hash), with the last record's timestamp,
+        and store their trees."""
         if heads:
             with translated_errors("updating chain heads"):
                 self.session.execute(
@@ -185,9 +238,31 @@ class ChainStore:
                     [
                         {"tenant_id": head.tenant_id, "last_sequence": head.last_sequence,
                          "last_hash": head.last_hash, "last_timestamp": last_timestamp,
-                         "updated_at": updated_at}
-                        for head, last_timestamp in heads
+                         "updated_at": updated_at, **_tree_columns(tree)}
+                        for head, last_timestamp, tree in heads
                     ],
+                )
+
+    def save_checkpointed(self, trees: Mapping[str, TreeState]) -> None:
+        """Record which size each tenant's newest checkpoint covers (rows already locked)."""
+        if trees:
+            with translated_errors("updating checkpointed trees"):
+                self.session.execute(
+                    update(AuditChainState),
+                    [{"tenant_id": tenant, "checkpointed_size": tree.checkpointed_size,
+                      "checkpointed_at": tree.checkpointed_at}
+                     for tenant, tree in sorted(trees.items())],
+                )
+
+    def insert_checkpoints(self, checkpoints: Sequence[NewCheckpoint]) -> None:
+        if checkpoints:
+            with translated_errors("storing checkpoints"):
+                self.session.execute(
+                    insert(AuditCheckpoint),
+                    [{"tenant_id": c.signed.tenant_id, "tree_size": c.signed.tree_size,
+                      "root_hash": c.signed.root_hash, "key_name": c.key_name,
+                      "note": c.signed.note}
+                     for c in checkpoints],
                 )
 
     def insert_rejections(self, rejections: Sequence[Rejection]) -> None:

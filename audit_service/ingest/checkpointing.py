@@ -1,0 +1,109 @@
+"""Signing checkpoints on the write path: the daemon's key, its policy, and the notes.
+
+A checkpoint is signed inside the transaction that commits the records it covers (or, for
+a tree that grew and then went quiet, in a short transaction of its own), so the database
+never holds a checkpoint of records it does not hold. Publishing it to the sink comes after
+the commit (see publisher).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from audit_service.config import Settings
+from audit_service.core.checkpoint import SignedCheckpoint, format_checkpoint, tenant_origin
+from audit_service.core.errors import ConfigurationError
+from audit_service.core.signed_note import NoteError, SignerKey, sign_note
+from audit_service.core.tree_state import CheckpointPolicy, TreeState
+from audit_service.storage.engine import translated_errors
+from audit_service.storage.store import ChainStore, NewCheckpoint
+
+SWEEP_MIN_S: Final = 0.25
+SWEEP_MAX_S: Final = 5.0
+"""Bounds on how often the loop looks for trees that went quiet: a quiet tree is signed
+within checkpoint_every_s plus at most this long."""
+PRIVATE_MODE_BITS: Final = stat.S_IRWXG | stat.S_IRWXO
+"""A signer key readable by anyone but its owner is refused, as ssh refuses such keys."""
+
+
+class Checkpointer:
+    """Signs a tenant's checkpoint when its tree is due one."""
+
+    def __init__(self, signer: SignerKey, origin: str, policy: CheckpointPolicy):
+        self.signer = signer
+        self.origin = origin
+        self.policy = policy
+
+    def due(self, state: TreeState, now: datetime) -> bool:
+        return self.policy.due(state, now)
+
+    def sign(self, tenant_id: str, state: TreeState, now: datetime) -> NewCheckpoint:
+        """Sign the tree as it stands and mark it checkpointed in `state`."""
+        size, root = state.tree.size, state.tree.root()
+        text = format_checkpoint(tenant_origin(self.origin, tenant_id), size, root)
+        note = sign_note(text, [self.signer])
+        state.checkpointed_size, state.checkpointed_at = size, now
+        return NewCheckpoint(SignedCheckpoint(tenant_id, size, root, note), self.signer.name)
+
+
+def sweep_interval_s(checkpointer: Checkpointer) -> float:
+    """How often the loop looks for trees due a checkpoint by time."""
+    return min(SWEEP_MAX_S, max(SWEEP_MIN_S, checkpointer.policy.every_s / 4))
+
+
+def load_signer(path: str) -> SignerKey:
+    """The signer key in `path` (`audit-service keygen` format); refused when others can
+    read it, since whoever holds it can sign a rewritten log."""
+    try:
+        mode = os.stat(path).st_mode
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read checkpoint_key_file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"checkpoint_key_file {path} is not UTF-8") from None
+    if mode & PRIVATE_MODE_BITS:
+        raise ConfigurationError(
+            f"checkpoint_key_file {path} is accessible by others (mode "
+            f"{stat.S_IMODE(mode):04o}): chmod 600 it")
+    try:
+        return SignerKey.parse(text.strip())
+    except NoteError as exc:
+        raise ConfigurationError(f"checkpoint_key_file {path}: {exc}") from None
+
+
+def checkpointer_from(settings: Settings) -> Checkpointer | None:
+    """The daemon's checkpointer, None when signing is off (no checkpoint_key_file)."""
+    if not settings.checkpoint_key_file:
+        return None
+    signer = load_signer(settings.checkpoint_key_file)
+    origin = settings.checkpoint_origin or signer.name
+    try:
+        tenant_origin(origin, "t")
+    except ValueError as exc:
+        raise ConfigurationError(f"checkpoint_origin: {exc}") from None
+    policy = CheckpointPolicy(settings.checkpoint_every_records, settings.checkpoint_every_s)
+    return Checkpointer(signer, origin, policy)
+
+
+def sign_grown_trees(
+    engine: Engine, checkpointer: Checkpointer, now: datetime, *, every_grown: bool = False
+) -> list[str]:
+    """Checkpoint, in one transaction, the trees that grew and then went quiet for
+    `checkpoint_every_s` (all that grew with `every_grown`: a clean shutdown); returns the
+    tenants signed. Busy tenants are skipped: their batches checkpoint them."""
+    signed_before = None if every_grown else now - timedelta(seconds=checkpointer.policy.every_s)
+    with translated_errors("signing checkpoints"), Session(engine) as session, session.begin():
+        store = ChainStore(session, consumer_group="", topic="")
+        trees = store.lock_trees_due(signed_before)
+        checkpoints = [checkpointer.sign(tenant, state, now) for tenant, state in trees.items()]
+        store.save_checkpointed(trees)
+        store.insert_checkpoints(checkpoints)
+    return sorted(trees)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -57,6 +57,9 @@ class CheckpointPublisher:
         self._pending: set[str] = set()
         self._catch_up = True
         self._stopping = False
+        self._notified = 0
+        """Checkpoints notified so far: those notified during a pass are still pending."""
+        self._notified_at_start = 0
         self.status = PublisherStatus()
         self._thread = threading.Thread(target=self._run, name="checkpoint-publisher",
                                         daemon=True)
@@ -64,10 +67,12 @@ class CheckpointPublisher:
     def start(self) -> None:
         self._thread.start()
 
-    def notify(self, tenants: Iterable[str]) -> None:
-        """These tenants have new committed checkpoints."""
+    def notify(self, tenants: Sequence[str]) -> None:
+        """These tenants have one new committed checkpoint each."""
         with self._changed:
             self._pending.update(tenants)
+            self._notified += len(tenants)
+            self._set_status(replace(self.status, pending=self.status.pending + len(tenants)))
             self._changed.notify()
 
     def stop(self, timeout_s: float) -> None:
@@ -91,6 +96,7 @@ class CheckpointPublisher:
                         lambda: self._stopping or bool(self._pending) or self._catch_up)
                 tenants, self._pending = self._pending, set()
                 catch_up, stopping = self._catch_up, self._stopping
+                self._notified_at_start = self._notified
             failed = not self._publish(tenants, catch_up)
             if stopping:
                 return
@@ -108,21 +114,29 @@ class CheckpointPublisher:
             return self._failed(set(publication.failures), error, pending=publication.left)
         with self._changed:
             self._catch_up = False
-        if self.status.error is not None:
-            log.info("the checkpoint sink works again: every pending checkpoint is published",
-                     extra={"checkpoints": publication.appended})
-        self.status = PublisherStatus(0, datetime.now(UTC), None)
-        self._metrics.checkpoints_published(publication.appended, 0, time.time())
+            if self.status.error is not None:
+                log.info("the checkpoint sink works again: every pending checkpoint is "
+                         "published", extra={"checkpoints": publication.appended})
+            self._set_status(PublisherStatus(self._notified_since_start(), datetime.now(UTC)))
+        self._metrics.checkpoints_published(publication.appended, time.time())
         return True
 
     def _failed(self, tenants: set[str], error: str, pending: int | None) -> bool:
         with self._changed:
             self._pending |= tenants
-        count = self.status.pending if pending is None else pending
-        if self.status.error != error:
-            log.error("cannot publish checkpoints to the sink; chaining goes on, they are "
-                      "retried", extra={"error": error, "pending": count,
-                                        "retry_in_s": self._retry_s})
-        self.status = PublisherStatus(count, self.status.last_published, error)
-        self._metrics.checkpoints_published(0, count, None)
+            count = self.status.pending if pending is None else (
+                pending + self._notified_since_start())
+            if self.status.error != error:
+                log.error("cannot publish checkpoints to the sink; chaining goes on, they are "
+                          "retried", extra={"error": error, "pending": count,
+                                            "retry_in_s": self._retry_s})
+            self._set_status(PublisherStatus(count, self.status.last_published, error))
         return False
+
+    def _notified_since_start(self) -> int:
+        return self._notified - self._notified_at_start
+
+    def _set_status(self, status: PublisherStatus) -> None:
+        """Replace the status (callers hold the lock) and the pending gauge with it."""
+        self.status = status
+        self._metrics.checkpoints_pending.set(status.pending)

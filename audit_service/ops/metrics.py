@@ -178,7 +178,7 @@ class ServiceMetrics:
             "Checkpoints committed to the database but not yet in the sink.", registry=registry)
         self.checkpoint_last_published = Gauge(
             "audit_checkpoint_last_published_timestamp_seconds",
-            "Unix time of the last successful publication to the sink.", registry=registry)
+            "Unix time when the sink last held every committed checkpoint.", registry=registry)
         Info("audit_build", "Version of the running service.", registry=registry).info(
             {"version": __version__, "python": platform.python_version()})
         ProcessCollector(registry=registry)
@@ -208,12 +208,10 @@ class ServiceMetrics:
     def count_checkpoints(self, signed: int) -> None:
         self.checkpoints_signed.inc(signed)
 
-    def checkpoints_published(self, appended: int, pending: int, at: float | None) -> None:
-        """After a publication pass: how many went out, how many wait, when it worked."""
+    def checkpoints_published(self, appended: int, at: float) -> None:
+        """After a publication pass that left the sink complete."""
         self.checkpoints_appended.inc(appended)
-        self.checkpoints_pending.set(pending)
-        if at is not None:
-            self.checkpoint_last_published.set(at)
+        self.checkpoint_last_published.set(at)
 
     def observe_transaction(self, seconds: float) -> None:
         self.transaction.observe(seconds)

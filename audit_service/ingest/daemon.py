@@ -32,35 +32,29 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from audit_service.broker.consumer import AuditConsumer
 from audit_service.config import Settings
-from audit_service.core.errors import AuditServiceError, ConfigurationError, TransientError
+from audit_service.core.errors import ConfigurationError, TransientError
 from audit_service.core.events import ValidationLimits
 from audit_service.core.messages import ConsumedMessage
 from audit_service.core.offset_policy import plan_starting_points
 from audit_service.core.outcomes import BatchOutcome
 from audit_service.ingest.batch import PreparedBatch, commit_prepared, move_stored_offset
-from audit_service.ingest.checkpointing import (
-    checkpointer_from,
-    sign_grown_trees,
-    sweep_interval_s,
-)
+from audit_service.ingest.checkpoint_duty import CheckpointDuty
+from audit_service.ingest.checkpointing import checkpointer_from
 from audit_service.ingest.pipeline import BatchPipeline
-from audit_service.ingest.publisher import CheckpointPublisher
 from audit_service.ingest.validation_pool import ValidationPool
 from audit_service.ops.health import HealthServer, LoopState
 from audit_service.ops.metrics import RETRY_BROKER, RETRY_DATABASE, ServiceMetrics
 from audit_service.ops.notify import SystemdNotifier
-from audit_service.storage.checkpoint_sink import DirectorySink
 from audit_service.storage.engine import check_connection, create_db_engine
 from audit_service.storage.migrations import ensure_schema_current
 from audit_service.storage.reader import AuditReader
@@ -73,9 +67,6 @@ SHUTDOWN_POLL_S = 0.2
 """Granularity at which a sleeping retry notices a stop request."""
 OBSERVER_STATEMENT_TIMEOUT_MS = 2000
 """Bound on the /ready ping and the /metrics heads query: a probe must answer promptly."""
-PUBLISHER_STOP_TIMEOUT_S = 5.0
-"""How long a stop waits for the last checkpoints to reach the sink (the next start
-publishes whatever is left)."""
 UNASSIGNED_WARNING_S = 30.0
 """How long the loop runs without partitions before it says so (and how often it repeats)."""
 
@@ -146,8 +137,9 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self._ready_notified = False
         self._unassigned_since = time.monotonic()
-        self.publisher: CheckpointPublisher | None = None
-        self._next_sweep = time.monotonic()
+        self.checkpoints = (
+            CheckpointDuty(settings, self.checkpointer, self.metrics)
+            if self.checkpointer is not None else None)
 
     def _head_sequences(self) -> dict[str, int]:
         heads = AuditReader(self.observer_engine).heads()
@@ -248,28 +240,9 @@ class Daemon:
             messages, outcome = finished
             consumer.commit(outcome.next_offsets)
             self._record(outcome, messages)
-            if outcome.checkpointed and self.publisher is not None:
-                self.publisher.notify(outcome.checkpointed)
+            if self.checkpoints is not None:
+                self.checkpoints.committed(outcome.checkpointed)
         return True
-
-    def _checkpoint_quiet_trees(self, *, every_grown: bool = False) -> None:
-        """Sign the checkpoints that time made due (trees that grew, then went quiet) or,
-        with `every_grown`, of every tree that grew (a clean shutdown); then publish them.
-        A failure is logged and left to the next sweep: chaining never waits for it."""
-        now = time.monotonic()
-        if self.checkpointer is None or (not every_grown and now < self._next_sweep):
-            return
-        self._next_sweep = now + sweep_interval_s(self.checkpointer)
-        try:
-            tenants = sign_grown_trees(self.engine, self.checkpointer, datetime.now(UTC),
-                                       every_grown=every_grown)
-        except AuditServiceError as exc:
-            log.warning("signing checkpoints failed, will retry", extra={"error": str(exc)})
-            return
-        if tenants:
-            self.metrics.count_checkpoints(len(tenants))
-            if self.publisher is not None:
-                self.publisher.notify(tenants)
 
     def _place_held(self, consumer: AuditConsumer) -> bool:
         """Place every held partition at its stored offset, checked against the broker's
@@ -353,30 +326,9 @@ class Daemon:
                             "for_s": round(now - self._unassigned_since)})
             self._unassigned_since = now
 
-    def _ready_details(self) -> dict[str, Any]:
-        """/ready's word on the checkpoint sink: an unwritable sink does not stop chaining,
-        so it does not make the service unready, but it must show."""
-        if self.publisher is None:
-            return {}
-        return {"checkpoints": self.publisher.status.as_json()}
-
-    def _start_publisher(self) -> CheckpointPublisher | None:
-        """The sink's publisher thread; its first pass publishes whatever an earlier run
-        committed but did not get into the sink."""
-        if self.checkpointer is None or self.settings.checkpoint_dir is None:
-            return None
-        engine = create_db_engine(
-            self.settings.database_url, statement_timeout_ms=self.settings.statement_timeout_ms,
-            pool_size=1, application_name="audit-service-publisher")
-        publisher = CheckpointPublisher(
-            AuditReader(engine), DirectorySink(Path(self.settings.checkpoint_dir)), self.metrics)
-        publisher.start()
-        return publisher
-
-    def _stop_publisher(self) -> None:
-        if self.publisher is not None:
-            self.publisher.stop(PUBLISHER_STOP_TIMEOUT_S)
-            self.publisher.reader.engine.dispose()
+    def _stop_checkpoints(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.stop()
 
     def _start_health_server(self) -> HealthServer | None:
         host, port = self.settings.health_host, self.settings.health_port
@@ -385,7 +337,8 @@ class Daemon:
         try:
             health = HealthServer(
                 host, port, self.state, self.settings.liveness_timeout_s, self._database_ok,
-                self.metrics.exposition, ready_details=self._ready_details,
+                self.metrics.exposition,
+                ready_details=self.checkpoints.ready_details if self.checkpoints else None,
             )
         except OSError as exc:
             raise ConfigurationError(
@@ -412,7 +365,8 @@ class Daemon:
                         return
                     if not self._place_held(consumer):
                         return
-                self._checkpoint_quiet_trees()
+                if self.checkpoints is not None:
+                    self.checkpoints.sweep(self.engine)
                 self._mark_alive(consumer)
                 if limits.exit_when_idle and not len(pipeline) and consumer.caught_up():
                     return
@@ -424,7 +378,8 @@ class Daemon:
         check_connection(self.engine)
         with self.engine.connect() as connection:
             ensure_schema_current(connection)
-        self.publisher = self._start_publisher()
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         health = self._start_health_server()
         pool: ValidationPool | None = None
         try:
@@ -436,7 +391,7 @@ class Daemon:
                 pool.close()
             if health is not None:
                 health.stop()
-            self._stop_publisher()
+            self._stop_checkpoints()
             self.observer_engine.dispose()
             raise
         log.info("audit-service running", extra={
@@ -444,12 +399,13 @@ class Daemon:
             "database": self.settings.redacted_database_url})
         try:
             self._loop(consumer, limits, pool)
-            self._checkpoint_quiet_trees(every_grown=True)  # a clean stop signs what grew
+            if self.checkpoints is not None:  # a clean stop signs every tree that grew
+                self.checkpoints.sweep(self.engine, every_grown=True)
         finally:
             self.notifier.stopping()
             pool.close()
             consumer.close()
-            self._stop_publisher()
+            self._stop_checkpoints()
             if health is not None:
                 health.stop()
             self.engine.dispose()

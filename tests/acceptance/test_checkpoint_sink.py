@@ -150,3 +150,26 @@ def test_a_kill_between_commit_and_sink_loses_no_checkpoint(
     table = _table(settings.database_url)
     assert _sink(sink) == {tenant: table[tenant] for tenant in TENANTS}
     assert all(sizes[-1] == 26 for sizes in table.values())
+
+
+def test_a_tree_that_grew_and_went_quiet_is_checkpointed_while_the_daemon_runs(
+    settings: Settings, daemons: ServiceProcesses, tmp_path: Path
+) -> None:
+    sink = tmp_path / "sink"
+    sink.mkdir()
+    environ = _environ(_key_file(tmp_path), sink, free_port())
+    environ |= {"AUDIT_CHECKPOINT_EVERY_RECORDS": "1000", "AUDIT_CHECKPOINT_EVERY_S": "1"}
+    daemon = daemons.start(settings, **environ)
+
+    def published(size: int) -> bool | None:
+        return True if size in _sink(sink)["tenant-a"] else None
+
+    events = [wire_event("tenant-a") for _ in range(5)]
+    produce_events(settings.kafka_bootstrap_servers, settings.kafka_topic, events)
+    daemon.wait_for(lambda: published(6), WAIT_S, "a checkpoint of the quiet tree (6)")
+    produce_events(settings.kafka_bootstrap_servers, settings.kafka_topic,
+                   [wire_event("tenant-a") for _ in range(3)])
+    daemon.wait_for(lambda: published(9), WAIT_S, "a checkpoint after it grew again (9)")
+    assert daemon.stop() == 0
+    assert _sink(sink)["tenant-a"] == _table(settings.database_url)["tenant-a"]
+    assert _sink(sink)["tenant-a"][-1] == 9

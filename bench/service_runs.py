@@ -57,14 +57,17 @@ def _verify(database_url: str) -> bool:
 
 
 def drain_with_service(
-    database_url: str, bootstrap: str, topic: str, events: int, log_path: Path
+    database_url: str, bootstrap: str, topic: str, events: int, log_path: Path,
+    environ: dict[str, str] | None = None,
 ) -> ServiceRun:
-    """Run the daemon over a pre-filled topic until idle; rate from first to last record."""
+    """Run the daemon over a pre-filled topic until idle; rate from first to last record.
+    `environ`: further AUDIT_* settings (checkpoints, say)."""
     started = time.perf_counter()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "audit_service", "run", "--exit-when-idle"],
-            env=_env(database_url, bootstrap, topic, 0), stdout=log, stderr=subprocess.STDOUT,
+            env=_env(database_url, bootstrap, topic, 0) | (environ or {}), stdout=log,
+            stderr=subprocess.STDOUT,
         )
         usage = UsageSampler(process.pid)
         code = process.wait(timeout=3600)

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ceilings import copy_rate, drain_rate
+from checkpoint_costs import EVERY_RECORDS, checkpoint_environ, tree_upkeep_us_per_record
 from naive import naive_rate
 from service_runs import ServiceRun, drain_with_service, steady_latency
 from stack import fill_topic, running_stack
@@ -86,6 +87,10 @@ def main() -> None:
         _say(f"service: audit-service run over {args.events} events")
         service = drain_with_service(stack.new_database(), stack.bootstrap, topic, args.events,
                                      stack.scratch / "service.log")
+        _say(f"service with checkpoints every {EVERY_RECORDS} records over {args.events} events")
+        signed = drain_with_service(stack.new_database(), stack.bootstrap, topic, args.events,
+                                    stack.scratch / "service-checkpoints.log",
+                                    checkpoint_environ(stack.scratch))
         del messages
 
         _say(f"service: audit-service run over {args.rss_events} events (peak RSS)")
@@ -105,6 +110,7 @@ def main() -> None:
         ("ceiling B: PostgreSQL COPY", args.events, ceiling_b, ""),
         ("baseline: naive per-event", args.naive_events, baseline, ""),
         ("service (audit-service run)", args.events, service.rate, _notes(service)),
+        ("service, checkpoints on", args.events, signed.rate, _notes(signed)),
         ("service, RSS run", args.rss_events, big.rate, _notes(big)),
     ]
     print(f"\n{'run':34} {'events':>9} {'events/s':>10}  notes")
@@ -114,10 +120,16 @@ def main() -> None:
         "service / baseline": service.rate / baseline,
         "service / min(ceiling A, ceiling B)": service.rate / ceiling,
         "peak RSS 1M-run / 200k-run": _total_rss(big) / _total_rss(service),
+        "checkpoints on / off": signed.rate / service.rate,
     }
     for name, value in ratios.items():
         print(f"{name:40} {value:6.2f}")
     print(_cpu_profile("service run", service))
+    print(_cpu_profile("checkpoints on", signed))
+    upkeep = tree_upkeep_us_per_record()
+    total = sum(service.usage.cpu_us_per_event(service.events).values())
+    print(f"Merkle tree upkeep (always on): {upkeep:.1f} us of CPU per record = "
+          f"{upkeep / total:.1%} of the service run's {total:.0f} us/event")
     print(_cpu_profile("RSS run", big))
     print(f"latency at {args.latency_rate}/s over {latency.events} events (timestamp -> "
           f"ingested_at): p50 {latency.p50_ms:.0f} ms, p95 {latency.p95_ms:.0f} ms, "
@@ -126,6 +138,7 @@ def main() -> None:
         "ceiling_a_events_per_s": ceiling_a, "ceiling_b_rows_per_s": ceiling_b,
         "baseline_events_per_s": baseline, "service": _service_result(service),
         "service_rss_run": _service_result(big), "ratios": ratios,
+        "service_checkpoints": _service_result(signed), "tree_upkeep_us_per_record": upkeep,
         "latency_ms": vars(latency),
     })
     (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2))

@@ -50,8 +50,10 @@ test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/$(PIP) install --upgrade pip
-	$(LATEST_VENV)/bin/$(PIP) install --upgrade -e '.[test]'
-	$(LATEST_VENV)/bin/$(PIP) list --format=freeze
+	PYTHONWARNINGS='ignore:Editable installation' \
+		$(LATEST_VENV)/bin/$(PIP) install --upgrade -e '.[test]'
+	@echo "newest versions the ranges allow:"
+	@$(LATEST_VENV)/bin/python -m pip list --disable-pip-version-check --format=freeze
 	$(LATEST_VENV)/bin/ruff check .
 	$(LATEST_VENV)/bin/pytest
 

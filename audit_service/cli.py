@@ -22,6 +22,14 @@ from audit_service import __version__
 from audit_service.core.errors import AuditServiceError
 
 EXIT_INTERNAL_ERROR = 3
+FLAG_NAMES = {
+    "database_url": "--database-url", "kafka_bootstrap_servers": "--bootstrap-servers",
+    "kafka_topic": "--topic", "consumer_group": "--group", "batch_size": "--batch-size",
+    "poll_timeout_ms": "--poll-timeout-ms", "validation_workers": "--validation-workers",
+    "health_host": "--health-host", "health_port": "--health-port",
+    "log_level": "--log-level", "log_format": "--log-format",
+}
+"""The flag behind each setting a command overrides, named when its value is invalid."""
 CHECK_KAFKA_TIMEOUT_MS = 10_000
 """check-config gives up on an unreachable broker after this long."""
 
@@ -39,7 +47,7 @@ class Context:
     def settings(self, **overrides: Any) -> Any:
         from audit_service.config import load_settings
 
-        return load_settings(self.config_path, overrides)
+        return load_settings(self.config_path, overrides, flag_names=FLAG_NAMES)
 
 
 def _fail(ctx: Context, exc: BaseException, code: int) -> None:

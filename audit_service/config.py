@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,15 @@ from audit_service.core.offset_policy import POLICIES as OFFSET_POLICIES
 from audit_service.ops.logs import LOG_FORMATS
 
 INI_SECTION = "audit"
+DRIVER_SCHEME = "postgresql+psycopg2"
+"""The design card's driver. A bare postgresql:// means psycopg2 to SQLAlchemy 2.0 but
+psycopg 3 to 2.1, so every accepted form is pinned to it explicitly."""
+ACCEPTED_SCHEMES = ("postgresql", "postgres", DRIVER_SCHEME)
+ACCEPTED_URL_FORMS = (
+    "postgresql://, postgres:// or postgresql+psycopg2:// "
+    "(libpq query parameters such as ?host=/run/postgresql&sslmode=require are kept)"
+)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 ENV_PREFIX = "AUDIT_"
 CONFIG_PATH_ENV = "AUDIT_CONFIG"
 DEFAULT_CONFIG_FILE = "audit.ini"
@@ -91,19 +101,20 @@ class Settings(BaseModel):
         if not password and not path:
             return data
         if password and path:
-            raise ConfigurationError(
-                "set database_password or database_password_file, not both")
+            raise SettingError("set database_password or database_password_file, not both",
+                               ("database_password", "database_password_file"))
         if path:
             password = _read_password_file(str(path))
         if isinstance(password, SecretStr):
             password = password.get_secret_value()
         try:
             url = make_url(data.get("database_url", cls.model_fields["database_url"].default))
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             return data  # _valid_database_url reports it
         if url.password is not None and url.password != password:
-            raise ConfigurationError(
-                "database_url contains a different password; give it in one place only")
+            raise SettingError(
+                "database_url contains a different password; give it in one place only",
+                ("database_url", "database_password_file" if path else "database_password"))
         merged = url.set(password=password).render_as_string(hide_password=False)
         return {**data, "database_url": merged}
 
@@ -112,23 +123,19 @@ class Settings(BaseModel):
         """Signing without somewhere outside the database to keep the signatures would
         protect nothing: the key needs the sink."""
         if self.checkpoint_key_file and not self.checkpoint_dir:
-            raise ValueError("checkpoint_key_file is set but checkpoint_dir is not")
+            raise SettingError("checkpoint_key_file is set but checkpoint_dir is not",
+                               ("checkpoint_key_file", "checkpoint_dir"))
         if self.checkpoint_origin is not None and (
             not self.checkpoint_origin or any(c.isspace() for c in self.checkpoint_origin)
         ):
-            raise ValueError("checkpoint_origin must be non-empty, without whitespace")
+            raise SettingError("checkpoint_origin must be non-empty, without whitespace",
+                               ("checkpoint_origin",))
         return self
 
     @field_validator("database_url")
     @classmethod
     def _valid_database_url(cls, value: str) -> str:
-        try:
-            url = make_url(value)
-        except ArgumentError as exc:
-            raise ValueError("not a valid SQLAlchemy database URL") from exc
-        if url.get_backend_name() != "postgresql":
-            raise ValueError("only postgresql:// URLs are supported")
-        return value
+        return normalise_database_url(value)
 
     @field_validator("log_level")
     @classmethod
@@ -188,6 +195,35 @@ class Settings(BaseModel):
             yield name, (self.redacted_database_url if name == "database_url" else value)
 
 
+class SettingError(ConfigurationError):
+    """A bad value of `fields`; load_settings adds where each of them came from."""
+
+    def __init__(self, message: str, fields: tuple[str, ...]):
+        super().__init__(message)
+        self.fields = fields
+
+
+def normalise_database_url(value: str) -> str:
+    """`value` with its scheme pinned to postgresql+psycopg2://, everything else as written.
+
+    Operators and libpq tools write postgresql:// or postgres:// (which SQLAlchemy maps to
+    whatever driver its version prefers, or rejects); only the scheme is rewritten, so the
+    host, credentials and libpq query parameters reach psycopg2 untouched. The message of
+    a rejected URL never quotes more than its scheme: the rest may hold a password.
+    """
+    scheme, separator, rest = value.partition("://")
+    if not separator or not _SCHEME.fullmatch(scheme):
+        raise ValueError(f"not a database URL; use {ACCEPTED_URL_FORMS}")
+    if scheme.lower() not in ACCEPTED_SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme}://; use {ACCEPTED_URL_FORMS}")
+    normalised = f"{DRIVER_SCHEME}://{rest}"
+    try:
+        make_url(normalised)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a valid database URL; use {ACCEPTED_URL_FORMS}") from None
+    return normalised
+
+
 def _read_password_file(path: str) -> str:
     """The password in `path`, without the line ending editors and `echo` leave behind."""
     try:
@@ -195,11 +231,14 @@ def _read_password_file(path: str) -> str:
             password = handle.read().rstrip("\r\n")
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigurationError(f"cannot read database password file {path}: {reason}") from None
+        raise SettingError(f"cannot read database password file {path}: {reason}",
+                           ("database_password_file",)) from None
     except UnicodeDecodeError:
-        raise ConfigurationError(f"database password file {path} is not UTF-8") from None
+        raise SettingError(f"database password file {path} is not UTF-8",
+                           ("database_password_file",)) from None
     if not password:
-        raise ConfigurationError(f"database password file {path} is empty")
+        raise SettingError(f"database password file {path} is empty",
+                           ("database_password_file",))
     return password
 
 
@@ -241,7 +280,8 @@ def resolve_config_path(explicit: str | None, environ: Mapping[str, str]) -> Pat
     if chosen:
         path = Path(chosen)
         if not path.is_file():
-            raise ConfigurationError(f"config file not found: {path}")
+            source = "--config" if explicit else f"environment variable {CONFIG_PATH_ENV}"
+            raise ConfigurationError(f"config file not found: {path} (from {source})")
         return path
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
@@ -251,17 +291,36 @@ def load_settings(
     config_path: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build Settings from ini < environment < `overrides` (CLI flags; None values ignored)."""
+    """Build Settings from ini < environment < `overrides` (CLI flags; None values ignored).
+
+    A bad value is reported with where it came from (the ini file and key, the environment
+    variable, or the flag named in `flag_names`), so the operator edits the right place.
+    """
     environ = os.environ if environ is None else environ
     path = resolve_config_path(config_path, environ)
-    raw: dict[str, Any] = _ini_values(path) if path else {}
-    raw.update(_env_values(environ))
-    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, value in (_ini_values(path) if path else {}).items():
+        raw[key], sources[key] = value, f"config file {path}, [{INI_SECTION}] {key}"
+    for key, value in _env_values(environ).items():
+        raw[key], sources[key] = value, f"environment variable {ENV_PREFIX}{key.upper()}"
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            flag = (flag_names or {}).get(key)
+            raw[key] = value
+            sources[key] = f"command-line flag {flag}" if flag else f"override {key}"
     try:
         return Settings(**raw)
+    except SettingError as exc:
+        origins = "; ".join(f"{field} from {sources.get(field, 'the default')}"
+                            for field in exc.fields)
+        raise ConfigurationError(f"{exc} ({origins})") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "configuration"
-        source = f" (from {path})" if path else ""
-        raise ConfigurationError(f"invalid setting {field}{source}: {first['msg']}") from None
+        source = sources.get(str(first["loc"][0]) if first["loc"] else "", "the default")
+        cause = first.get("ctx", {}).get("error")
+        reason = str(cause) if first["type"] == "value_error" and cause else first["msg"]
+        raise ConfigurationError(f"invalid setting {field} (from {source}): {reason}") from None

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import database_url_for, new_topic, service_settings, temporary_database
 
-from audit_service.config import Settings
+from audit_service.config import Settings, normalise_database_url
 from audit_service.dev.devstack import EmbeddedPostgres, TansuBroker
 from audit_service.storage.migrations import upgrade_to_head
 
@@ -41,7 +41,8 @@ def pg_admin_url(private_tmp: Path) -> Iterator[str]:
     """URL of a database on the test server from which we create and drop databases."""
     external = os.environ.get("AUDIT_TEST_DATABASE_URL")
     if external:
-        yield external
+        # Helpers hand it to SQLAlchemy directly: pin psycopg2 as the service does.
+        yield normalise_database_url(external)
         return
     server = EmbeddedPostgres.start(private_tmp / "pg")
     try:

@@ -192,4 +192,5 @@ def test_an_unreadable_password_file_is_a_one_line_configuration_error(tmp_path:
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     assert result.stderr.splitlines() == [
         f"audit-service: error: cannot read database password file {missing}: "
-        "No such file or directory"]
+        "No such file or directory (database_password_file from environment variable "
+        "AUDIT_DATABASE_PASSWORD_FILE)"]

@@ -133,13 +133,15 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed on this machine")
-    installed = "/opt/audit-service/.venv/bin/audit-service"
+    installed = "/opt/audit-service/venv/bin/audit-service"  # docs/operations.md, Install
     here = str(Path(sys.executable).parent / "audit-service")
     units = []
     for source in sorted((REPOSITORY / "deploy").iterdir()):
         if source.suffix not in {".service", ".timer"}:
             continue
         text = source.read_text()
+        if source.suffix == ".service":
+            assert f"ExecStart={installed} " in text, source.name
         # verify checks that ExecStart exists: point it at this checkout's venv.
         (tmp_path / source.name).write_text(text.replace(installed, here))
         units.append(str(tmp_path / source.name))

@@ -60,11 +60,16 @@ def test_the_password_is_masked_wherever_settings_are_shown(tmp_path: Path) -> N
     ("environ", "message"),
     [
         ({"AUDIT_DATABASE_PASSWORD": "a", "AUDIT_DATABASE_PASSWORD_FILE": "/x"},
-         "set database_password or database_password_file, not both"),
+         "set database_password or database_password_file, not both (database_password from "
+         "environment variable AUDIT_DATABASE_PASSWORD; database_password_file from "
+         "environment variable AUDIT_DATABASE_PASSWORD_FILE)"),
         ({"AUDIT_DATABASE_URL": "postgresql://u:other@db/audit", "AUDIT_DATABASE_PASSWORD": "a"},
-         "database_url contains a different password; give it in one place only"),
+         "database_url contains a different password; give it in one place only (database_url "
+         "from environment variable AUDIT_DATABASE_URL; database_password from environment "
+         "variable AUDIT_DATABASE_PASSWORD)"),
         ({"AUDIT_DATABASE_PASSWORD_FILE": "/nonexistent/db-password"},
-         "cannot read database password file /nonexistent/db-password: No such file or directory"),
+         "cannot read database password file /nonexistent/db-password: No such file or directory"
+         " (database_password_file from environment variable AUDIT_DATABASE_PASSWORD_FILE)"),
     ],
 )
 def test_conflicting_or_missing_passwords_are_configuration_errors(

@@ -42,7 +42,7 @@ def test_an_unmigrated_database_is_refused(empty_database_url: str) -> None:
     engine.dispose()
 
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ALEMBIC_TIMEOUT_S = 60.0
 
 

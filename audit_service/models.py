@@ -93,6 +93,9 @@ class AuditRecord(Base):
         Index("ix_audit_records_actor_id", "actor_id"),
         Index("ix_audit_records_severity_elevated", "tenant_id", "severity", "timestamp",
               postgresql_where=text("severity IN ('warning', 'critical')")),
+        # reconcile streams each partition's records in offset order.
+        Index("ix_audit_records_kafka_coordinates", "kafka_topic", "kafka_partition",
+              "kafka_offset"),
         {"comment": "Per-tenant SHA-256 hash chain of audit events; append-only."},
     )
 
@@ -178,3 +181,25 @@ class AuditVerificationLog(Base):
     duration_ms: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_audit_verification_log_tenant_started", "tenant_id", "started_at"),)
+
+
+class AuditReconciliationLog(Base):
+    """One row per `reconcile` run: the topic checked against the store (SPEC section 9)."""
+
+    __tablename__ = "audit_reconciliation_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    consumer_group: Mapped[str] = mapped_column(Text)
+    partitions: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(BigInteger)
+    counts: Mapped[dict[str, int]] = mapped_column(
+        JSONB, comment="messages per outcome: scanned, chained, rejected, redelivered, ...")
+    findings: Mapped[int] = mapped_column(BigInteger)
+    finding_details: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, comment="the first findings, capped")
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(
+        Text, comment="why the run stopped before it finished; NULL when it finished")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from kafka import KafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, delete, insert, select, text, update
 from sqlalchemy.orm import Session
 from support import (
@@ -33,6 +34,7 @@ from support import (
 from audit_service.chain import ChainHead, advance, compute_record_hash
 from audit_service.cli import main
 from audit_service.config import Settings
+from audit_service.daemon import Daemon
 from audit_service.models import AuditChainState, AuditRecord
 from audit_service.record_mapping import record_from_row, row_values
 
@@ -111,6 +113,11 @@ def test_a_stream_with_bad_input_and_redeliveries_reconciles_clean(
     row = _last_log_row(settings)
     assert (row["ok"], row["findings"], row["counts"]["chained"], row["error"]) == (
         True, 0, 9, None)
+    status = _status(settings)
+    assert status[0]["last_reconciliation"]["ok"] is True
+    assert _daemon_metric(settings, "audit_reconciliation_findings") == 0
+    assert status[1].endswith(f", 4 partitions, {stored['messages']} messages, "
+                              "all accounted for")
 
 
 def test_text_output_has_a_table_and_a_verdict(settings: Settings, stored: dict[str, Any]) -> None:
@@ -125,6 +132,32 @@ def test_text_output_has_a_table_and_a_verdict(settings: Settings, stored: dict[
                                 str(stored["messages"]), "9", "9", "2", "0", "0"]
     assert lines[-1].startswith(f"reconcile: OK, 4 partitions, {stored['messages']} messages "
                                 "accounted for (9 chained, 9 rejected, 2 redelivered), 0 pending")
+
+
+def _status(settings: Settings) -> tuple[dict[str, Any], str]:
+    """`status --json` and the last-reconciliation line of `status`."""
+    env = {"AUDIT_DATABASE_URL": settings.database_url,
+           "AUDIT_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "AUDIT_KAFKA_TOPIC": settings.kafka_topic}
+    as_json = CliRunner().invoke(main, ["status", "--json"], env=env)
+    as_text = CliRunner().invoke(main, ["status"], env=env)
+    assert as_json.exit_code == as_text.exit_code == 0, as_json.output + as_text.output
+    [line] = [line for line in as_text.stdout.splitlines()
+              if line.startswith("last reconciliation: ")]
+    return json.loads(as_json.stdout), line
+
+
+def _daemon_metric(settings: Settings, name: str) -> float:
+    """One sample of a daemon's /metrics exposition (the daemon is built, not run)."""
+    daemon = Daemon(settings)
+    try:
+        body, _ = daemon.metrics.exposition()
+    finally:
+        daemon.engine.dispose()
+        daemon.observer_engine.dispose()
+    [value] = [sample.value for family in text_string_to_metric_families(body.decode())
+               for sample in family.samples if sample.name == name]
+    return value
 
 
 def _last_log_row(settings: Settings) -> dict[str, Any]:
@@ -203,6 +236,9 @@ def test_a_changed_and_rehashed_record_is_found_at_its_offset(
     row = _last_log_row(settings)
     assert (row["ok"], row["findings"]) == (False, 1)
     assert row["finding_details"][0]["offset"] == offset
+    assert _status(settings)[1].endswith(
+        ", 4 partitions, 1 FINDINGS (see audit_reconciliation_log)")
+    assert _daemon_metric(settings, "audit_reconciliation_findings") == 1
 
 
 @pytest.mark.parametrize("jobs", ["1", "3"])
@@ -306,6 +342,7 @@ def test_an_unreachable_broker_is_exit_2_and_logged(
     assert result.output.startswith("audit-service: error: ") and "Traceback" not in result.output
     row = _last_log_row(settings)
     assert row["ok"] is False and row["error"]
+    assert "did not finish: " in _status(settings)[1]
 
 
 # --- a running daemon ------------------------------------------------------------------------

@@ -143,14 +143,18 @@ class ReconciliationRun:
     error: str | None
 
 
-_PRODUCER_FIELDS: Final = (*EVENT_FIELDS, "sequence_number")
+_PRODUCER_FIELDS: Final = (
+    *(f for f in EVENT_FIELDS if f not in _JSONB_FIELDS), "sequence_number",
+    "context", "decision", "outcome",
+)
 """What reconcile compares (the producer's fields) and reports (the sequence); the links
 are verify's business and are not read."""
-_PRODUCER_JSONB_INDEXES: Final = tuple(
-    i for i, f in enumerate(_PRODUCER_FIELDS) if f in _JSONB_FIELDS)
 _COORDINATED_RECORD_COLUMNS: Final = (
     AuditRecord.__table__.c.kafka_partition, AuditRecord.__table__.c.kafka_offset,
-    *(_hashed_column(field) for field in _PRODUCER_FIELDS),
+    *(_hashed_column(field) for field in _PRODUCER_FIELDS[:-3]),
+    # The three JSONB values as one JSON array: one json.loads per row instead of three.
+    cast(func.json_build_array(*(AuditRecord.__table__.c[f] for f in _PRODUCER_FIELDS[-3:])),
+         Text),
 )
 _STORED_REJECT_COLUMNS: Final = (
     AuditRejectedEvent.id, AuditRejectedEvent.partition, AuditRejectedEvent.offset,
@@ -160,9 +164,7 @@ _STORED_REJECT_COLUMNS: Final = (
 
 
 def _stored_record(row: Sequence[Any]) -> StoredRecord:
-    values = list(row[2:])
-    for index in _PRODUCER_JSONB_INDEXES:
-        values[index] = json.loads(values[index])
+    values = [*row[2:-1], *json.loads(row[-1])]
     return StoredRecord(row[0], row[1], dict(zip(_PRODUCER_FIELDS, values, strict=True)))
 
 

@@ -13,6 +13,7 @@ measured after that: a daemon committing meanwhile only adds pending messages be
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import queue
 import sys
@@ -40,6 +41,8 @@ from audit_service.reconciliation import (
     PartitionTally,
     unplaced_record,
 )
+
+log = logging.getLogger(__name__)
 
 FINDINGS_KEPT: Final = 1000
 """Findings a report holds for --json; the rest are counted (text output prints them all
@@ -278,14 +281,14 @@ def run_and_record(
     try:
         report = reconcile(settings, reader, partitions, on_finding, jobs)
     except AuditServiceError as exc:
-        if record:
+        if record and not isinstance(exc, ConfigurationError):  # a usage error is no run
             failed = ReconciliationReport(settings.kafka_topic, settings.consumer_group,
                                           started_at)
             failed.duration_s = (datetime.now(UTC) - started_at).total_seconds()
             try:
                 record_run(reader.engine, failed, error=str(exc))
-            except AuditServiceError as log_error:
-                exc.add_note(f"the failed run was not recorded either: {log_error}")
+            except AuditServiceError as log_error:  # the first error is the one to report
+                log.warning(f"the failed run was not recorded either: {log_error}")
         raise
     if record:
         record_run(reader.engine, report)

@@ -453,6 +453,61 @@ def status(ctx: Context, database_url: str | None, bootstrap_servers: str | None
     click.echo(json.dumps(report.as_json(), indent=2) if as_json else render_status(report))
 
 
+@main.command()
+@_database_option
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers, comma-separated.")
+@click.option("--topic", help="Topic (default: the configured one).")
+@click.option("--group", help="Consumer group whose stored offsets and rejects to check "
+                              "(default: the configured one; it is never joined).")
+@click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True,
+              help="Reconcile only this partition (repeatable; default: all).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Reconcile this many partitions at once, in separate processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@guarded
+def reconcile(ctx: Context, database_url: str | None, bootstrap_servers: str | None,
+              topic: str | None, group: str | None, partitions: tuple[int, ...], jobs: int,
+              as_json: bool) -> None:
+    """Account for every message on the topic in the store; exit 1 on a finding.
+
+    Each partition is read from the start of the broker's log up to the offset stored in
+    PostgreSQL, by a client that joins no group. Every message must be the record stored
+    with its partition and offset (same producer content), the rejects row there (same raw
+    bytes), or a redelivery of an audit_id chained with the same content. Stored rows no
+    message accounts for are findings too; offsets the broker no longer holds (retention)
+    and messages beyond the stored offset (pending) are reported, not judged. The run is
+    recorded in audit_reconciliation_log.
+    """
+    from audit_service.auditing.reconcile import render_summary, run_and_record, summary_line
+    from audit_service.core.errors import ConfigurationError
+    from audit_service.storage.migrations import ensure_schema_current
+
+    settings = ctx.settings(database_url=database_url, kafka_bootstrap_servers=bootstrap_servers,
+                            kafka_topic=topic, consumer_group=group)
+    with _reader(ctx, settings.database_url) as reader:
+        with reader.engine.connect() as connection:
+            ensure_schema_current(connection)
+        if not reader.can_read_rejected_payloads():
+            raise ConfigurationError(
+                "this login may not read the raw bytes in audit_rejected_events, which "
+                "reconcile compares: run it as a member of audit_reader")
+        record = reader.can_record_reconciliations()
+        if not record:
+            click.echo("note: this login may not write audit_reconciliation_log: the run is "
+                       "not recorded", err=True)
+        on_finding = None if as_json else (lambda finding: click.echo(finding.describe()))
+        report = run_and_record(settings, reader, sorted(set(partitions)), on_finding,
+                                jobs=jobs, record=record)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        for line in render_summary(report):
+            click.echo(line)
+        click.echo(summary_line(report), err=not report.ok)
+    if not report.ok:
+        sys.exit(1)
+
+
 @main.group()
 def rejects() -> None:
     """Browse quarantined messages (audit_rejected_events)."""

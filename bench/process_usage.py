@@ -66,8 +66,8 @@ class Usage:
     peak_rss_mib: float
     """The daemon's own peak resident set."""
     children_peak_rss_mib: float
-    """The sum of its child processes' peaks (the validation worker, multiprocessing's
-    resource tracker)."""
+    """The sum of its descendants' peaks (the validation worker, multiprocessing's
+    resource tracker; reconcile's fork server and its workers)."""
     cpu_s: dict[str, float]
     """CPU seconds (user + system) each role spent within the measured window."""
     window_s: float
@@ -97,10 +97,10 @@ class UsageSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _role(self, pid: int, sample: _Sample) -> str | None:
+    def _role(self, pid: int, sample: _Sample, processes: dict[int, _Sample]) -> str | None:
         if pid == self.daemon_pid:
             return DAEMON
-        if sample.parent == self.daemon_pid:
+        if self._descends(sample, processes):
             return CHILDREN
         if sample.comm.startswith("postgres"):
             return POSTGRES
@@ -108,11 +108,21 @@ class UsageSampler:
             return BROKER
         return None
 
+    def _descends(self, sample: _Sample, processes: dict[int, _Sample]) -> bool:
+        """A child, or a child's child (workers forked by a fork server)."""
+        parent = sample.parent
+        while parent > 1:
+            if parent == self.daemon_pid:
+                return True
+            parent = processes[parent].parent if parent in processes else 0
+        return False
+
     def _run(self) -> None:
         while (own := _peak_kib(self.daemon_pid)) is not None:
             self._peak_kib = max(self._peak_kib, own)
-            for pid, sample in _all_processes().items():
-                role = self._role(pid, sample)
+            processes = _all_processes()
+            for pid, sample in processes.items():
+                role = self._role(pid, sample, processes)
                 if role is None:
                     continue
                 self._last[pid] = (role, sample.cpu_s - self._baseline.get(pid, 0.0))

@@ -6,7 +6,7 @@ records do not match its head (a broken chain) stops the migration with the fact
 `audit-service verify` first.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from alembic import op
 from audit_service.core.merkle import CompactRange, leaf_hash
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -14,7 +14,12 @@ from typing import Any, Final
 from audit_service.broker.topic import high_watermarks
 from audit_service.config import Settings
 from audit_service.core.errors import ConnectionFailure
-from audit_service.storage.reader import AuditReader, TenantOverview, VerificationRun
+from audit_service.storage.reader import (
+    AuditReader,
+    ReconciliationRun,
+    TenantOverview,
+    VerificationRun,
+)
 
 BROKER_TIMEOUT_MS: Final = 5000
 """How long `status` waits for the broker before reporting it unreachable."""
@@ -45,6 +50,7 @@ class StatusReport:
     partitions: list[PartitionStatus]
     rejected_events: int
     broker_error: str | None
+    reconciliation: ReconciliationRun | None = None
 
     @property
     def last_verified_at(self) -> datetime | None:
@@ -73,6 +79,7 @@ class StatusReport:
             "broker": {"reachable": self.broker_error is None, "error": self.broker_error},
             "rejected_events": self.rejected_events,
             "last_verified_at": _iso(self.last_verified_at),
+            "last_reconciliation": _reconciliation_json(self.reconciliation),
         }
 
 
@@ -87,6 +94,13 @@ def _run_json(run: VerificationRun | None) -> dict[str, Any] | None:
             "started_at": _iso(run.started_at), "errors": run.errors}
 
 
+def _reconciliation_json(run: ReconciliationRun | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {"finished_at": _iso(run.finished_at), "ok": run.ok, "findings": run.findings,
+            "partitions": run.partitions, "counts": run.counts, "error": run.error}
+
+
 def collect_status(
     settings: Settings, reader: AuditReader, broker_timeout_ms: int = BROKER_TIMEOUT_MS
 ) -> StatusReport:
@@ -95,6 +109,7 @@ def collect_status(
     tenants = reader.tenant_overview()
     verifications = reader.latest_verifications()
     rejected = reader.rejected_count()
+    reconciliation = reader.latest_reconciliation()
     broker_error = None
     try:
         marks = high_watermarks(
@@ -107,7 +122,7 @@ def collect_status(
     ]
     return StatusReport(
         settings.redacted_database_url, settings.kafka_topic, settings.consumer_group,
-        tenants, verifications, partitions, rejected, broker_error,
+        tenants, verifications, partitions, rejected, broker_error, reconciliation,
     )
 
 
@@ -173,4 +188,16 @@ def render_status(report: StatusReport) -> str:
         verdict = f"BROKEN: {', '.join(broken)}" if broken else "all OK"
         lines.append(f"last verification: {_when(report.last_verified_at)}, "
                      f"{len(report.verifications)} tenants, {verdict}")
+    lines.append(f"last reconciliation: {_reconciliation_verdict(report.reconciliation)}")
     return "\n".join(lines)
+
+
+def _reconciliation_verdict(run: ReconciliationRun | None) -> str:
+    if run is None:
+        return "never (run `audit-service reconcile`)"
+    if run.error is not None:
+        return f"{_when(run.finished_at)}, did not finish: {run.error}"
+    scope = f"{_when(run.finished_at)}, {len(run.partitions)} partitions"
+    if run.ok:
+        return f"{scope}, {run.counts.get('scanned', 0)} messages, all accounted for"
+    return f"{scope}, {run.findings} FINDINGS (see audit_reconciliation_log)"

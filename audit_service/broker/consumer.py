@@ -22,24 +22,20 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
+from audit_service.broker.topic import (
+    FETCH_MAX_WAIT_MS,
+    PROBE_TIMEOUT_MS,
+    log_ranges,
+)
 from audit_service.config import Settings
 from audit_service.core.errors import ConnectionFailure, TransientError
 from audit_service.core.messages import ConsumedMessage
-from audit_service.core.offset_policy import LogRange, TopicLog
+from audit_service.core.offset_policy import TopicLog
 
 log = logging.getLogger(__name__)
 
-FETCH_MAX_WAIT_MS = 100
-"""How long the broker may hold an empty fetch. Apache Kafka answers as soon as data
-arrives; Tansu holds the fetch for the full wait, which at the client default (500 ms)
-put p99 event-to-commit latency above 500 ms at 1,000 events/s. 100 ms costs one idle
-fetch per 100 ms per broker."""
-
 COMMIT_TIMEOUT_MS = 5_000
 """Bound on the best-effort Kafka commit, so a broker outage cannot stall the loop."""
-PROBE_TIMEOUT_MS = 10_000
-"""Bound on measuring the partitions' log ranges with a short-lived client."""
-PROBE_POLL_MS = 100
 BEHIND_POSITION_GRACE_S = 1.0
 """How long a high watermark may stay below our position before the partition is held.
 
@@ -170,30 +166,14 @@ class AuditConsumer:
         them now.
 
         A separate client (no group) measures it from scratch, so no stale state of this
-        consumer counts. The end is the high watermark of a fetch response: Tansu answers
-        ListOffsets(latest) with the start of the last record batch (SPEC 7), which would
-        make a partition consumed to its end look out of range.
+        consumer counts; the end is a fetch response's high watermark (see topic.log_ranges).
         """
         tps = [self._tp(p) for p in partitions]
         try:
             probe = self._probe_client()
             probe.topics()  # fresh metadata: the topic's id may have changed since last time
-            probe.assign([])  # forget the previous measurement's fetch state
-            probe.assign(tps)
-            begins = probe.beginning_offsets(tps, timeout_ms=PROBE_TIMEOUT_MS)
-            listed_ends = probe.end_offsets(tps, timeout_ms=PROBE_TIMEOUT_MS)
-            for tp in tps:
-                probe.seek(tp, listed_ends[tp])
-            deadline = time.monotonic() + PROBE_TIMEOUT_MS / 1000
-            while any(probe.highwater(tp) is None for tp in tps):
-                if time.monotonic() > deadline:
-                    raise TransientError("measuring the partitions' offsets: no fetch "
-                                         f"response within {PROBE_TIMEOUT_MS} ms")
-                probe.poll(timeout_ms=PROBE_POLL_MS, max_records=1)
-            return TopicLog(_topic_id(probe, self.topic), {
-                tp.partition: LogRange(begins[tp], max(listed_ends[tp], probe.highwater(tp)))
-                for tp in tps
-            })
+            ranges = log_ranges(probe, tps)
+            return TopicLog(_topic_id(probe, self.topic), ranges)
         except KafkaError as exc:
             raise TransientError(f"measuring the partitions' offsets: {exc}") from exc
 

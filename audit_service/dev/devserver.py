@@ -3,7 +3,8 @@
 Starts an embedded PostgreSQL and a Tansu broker, migrates, runs the daemon as a real
 subprocess (the same `run` an operator starts), feeds it realistic events plus one
 malformed message, and every few seconds prints what was produced, chained, rejected,
-the daemon's /health and the verdict of `audit-service verify`.
+the daemon's /health and the verdict of `audit-service verify`; at the end, a `reconcile`
+of the topic with the store.
 
 Every run starts from an empty `audit` database: Tansu keeps its log in memory, so the
 offsets a previous run stored in PostgreSQL would point past the end of the new, empty
@@ -46,7 +47,7 @@ PROGRESS_INTERVAL_S = 5.0
 READY_TIMEOUT_S = 60.0  # first consumer-group join against Tansu takes a few seconds
 DRAIN_TIMEOUT_S = 10.0  # on shutdown, how long the daemon may take to chain what was sent
 DAEMON_STOP_TIMEOUT_S = 15.0  # the daemon promises to exit within ~10 s of SIGTERM
-COMMAND_TIMEOUT_S = 120.0  # migrate / verify subprocesses
+COMMAND_TIMEOUT_S = 120.0  # migrate / verify / reconcile subprocesses
 HTTP_TIMEOUT_S = 2.0
 PRODUCER_JOIN_TIMEOUT_S = 15.0
 
@@ -70,8 +71,9 @@ def run_dev_stack(
 ) -> int:
     """Run the local stack until Ctrl-C/SIGTERM or `duration_s`; return the exit code.
 
-    0: clean run and the final verify passed; 1: the final verify found a broken chain;
-    2: a component failed to start or the daemon died. `health_port` 0 picks a free port.
+    0: clean run, and the final verify and reconcile passed; 1: the final verify found a
+    broken chain or reconcile a finding; 2: a component failed to start or the daemon
+    died. `health_port` 0 picks a free port.
     """
     if tenants < 1 or rate <= 0:
         echo("error: --tenants must be at least 1 and --rate above 0")
@@ -294,7 +296,8 @@ class _DevStack:
     # -- stop --------------------------------------------------------------------------
 
     def finish(self) -> int:
-        """Stop producing, let the daemon drain, stop it, verify; print the summary."""
+        """Stop producing, let the daemon drain, stop it, verify and reconcile; print the
+        summary and reconcile's verdict."""
         self._stop_producer()
         self._drain()
         daemon_code = self._stop_daemon()
@@ -304,7 +307,11 @@ class _DevStack:
             f"summary: ran {elapsed:.0f}s | produced {self.produced.value} (+1 malformed) | "
             f"{self._chain_text()} | daemon exit {daemon_code} | {verify_text}"
         )
-        return 1 if verify_code == 1 else 0
+        # The topic against the store: every message sent, the malformed one included.
+        reconcile_code, reconcile_line = self._service_command("reconcile")
+        self.echo(reconcile_line if reconcile_code in (0, 1)
+                  else f"reconcile: error {reconcile_code} ({reconcile_line})")
+        return 1 if 1 in (verify_code, reconcile_code) else 0
 
     def _stop_producer(self) -> None:
         self.producer_stop.set()

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from types import FrameType
 from typing import TypeVar
@@ -133,7 +133,8 @@ class Daemon:
         )
         self.state = LoopState()
         self.totals = RunTotals()
-        self.metrics = ServiceMetrics(self._head_sequences, settings.metrics_max_tenants)
+        self.metrics = ServiceMetrics(self._head_sequences, settings.metrics_max_tenants,
+                                      self._last_reconciliation)
         self.notifier = SystemdNotifier()
         self._ready_notified = False
         self._unassigned_since = time.monotonic()
@@ -144,6 +145,10 @@ class Daemon:
     def _head_sequences(self) -> dict[str, int]:
         heads = AuditReader(self.observer_engine).heads()
         return {tenant: head.last_sequence for tenant, head in heads.items()}
+
+    def _last_reconciliation(self) -> tuple[datetime, int] | None:
+        run = AuditReader(self.observer_engine).latest_reconciliation(completed=True)
+        return None if run is None else (run.finished_at, run.findings)
 
     def _database_ok(self) -> bool:
         try:

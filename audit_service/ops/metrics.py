@@ -55,6 +55,8 @@ TRANSACTION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 
 HeadsReader = Callable[[], Mapping[str, int]]
 """Returns every tenant's head sequence (tenant_id -> last sequence number)."""
+ReconciliationReader = Callable[[], tuple[datetime, int] | None]
+"""Returns when the last completed `reconcile` run finished and its findings, or None."""
 
 
 class _BulkHistogram(Collector):
@@ -132,10 +134,47 @@ class _TenantHeads(Collector):
         return GaugeMetricFamily("audit_tenants", "Tenants that have a chain.")
 
 
+class _LastReconciliation(Collector):
+    """The last completed `reconcile` run, read from its log at scrape time: the runs are
+    separate processes (a timer), the database is where they leave their result."""
+
+    def __init__(self, read_last_run: ReconciliationReader):
+        self._read_last_run = read_last_run
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            last_run = self._read_last_run()
+        except AuditServiceError as exc:
+            log.warning("cannot read the reconciliation log for /metrics",
+                        extra={"error": str(exc)})
+            return []
+        findings, finished = self._families()
+        if last_run is not None:
+            finished.add_metric([], last_run[0].timestamp())
+            findings.add_metric([], last_run[1])
+        return [findings, finished]
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "audit_reconciliation_findings",
+                "Findings of the last completed reconcile run: messages on the topic the "
+                "store does not account for, and stored rows no message accounts for."),
+            GaugeMetricFamily(
+                "audit_reconciliation_last_run_timestamp_seconds",
+                "Unix time at which the last completed reconcile run finished."),
+        )
+
+
 class ServiceMetrics:
     """The daemon's metrics; the poll loop calls the record/observe methods."""
 
-    def __init__(self, read_heads: HeadsReader, max_tenants: int):
+    def __init__(self, read_heads: HeadsReader, max_tenants: int,
+                 read_last_reconciliation: ReconciliationReader = lambda: None):
         self.registry = CollectorRegistry()
         registry = self.registry
         self.chained = Counter("audit_events_chained", "Events appended to a tenant chain.",
@@ -183,6 +222,7 @@ class ServiceMetrics:
             {"version": __version__, "python": platform.python_version()})
         ProcessCollector(registry=registry)
         registry.register(_TenantHeads(read_heads, max_tenants))
+        registry.register(_LastReconciliation(read_last_reconciliation))
         for reason in REJECTION_REASONS:  # export zeros, so rate() works from the start
             self.rejected.labels(reason)
         for cause in (RETRY_DATABASE, RETRY_BROKER):

@@ -93,6 +93,9 @@ class AuditRecord(Base):
         Index("ix_audit_records_actor_id", "actor_id"),
         Index("ix_audit_records_severity_elevated", "tenant_id", "severity", "timestamp",
               postgresql_where=text("severity IN ('warning', 'critical')")),
+        # reconcile streams each partition's records in offset order.
+        Index("ix_audit_records_kafka_coordinates", "kafka_topic", "kafka_partition",
+              "kafka_offset"),
         {"comment": "Per-tenant SHA-256 hash chain of audit events; append-only."},
     )
 
@@ -219,3 +222,24 @@ class AuditCheckpoint(Base):
         CheckConstraint("length(root_hash) = 32", name="root_hash_sha256"),
         {"comment": "Signed checkpoints per tenant; append-only."},
     )
+
+class AuditReconciliationLog(Base):
+    """One row per `reconcile` run: the topic checked against the store (SPEC section 9)."""
+
+    __tablename__ = "audit_reconciliation_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text)
+    consumer_group: Mapped[str] = mapped_column(Text)
+    partitions: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(BigInteger)
+    counts: Mapped[dict[str, int]] = mapped_column(
+        JSONB, comment="messages per outcome: scanned, chained, rejected, redelivered, ...")
+    findings: Mapped[int] = mapped_column(BigInteger)
+    finding_details: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, comment="the first findings, capped")
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(
+        Text, comment="why the run stopped before it finished; NULL when it finished")

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Engine, Text, cast, func, select, text
+from sqlalchemy import Connection, Engine, Text, cast, func, or_, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from audit_service.core.chain import HASHED_FIELDS, ChainHead
+from audit_service.core.chain import EVENT_FIELDS, HASHED_FIELDS, ChainHead
 from audit_service.core.checkpoint import SignedCheckpoint
+from audit_service.core.reconciliation import StoredRecord, StoredReject
 from audit_service.storage.engine import translated_errors
 from audit_service.storage.models import (
     AuditChainState,
     AuditCheckpoint,
     AuditConsumerOffset,
+    AuditReconciliationLog,
     AuditRecord,
     AuditRejectedEvent,
     AuditVerificationLog,
@@ -139,6 +143,144 @@ class CheckpointRow:
     key_name: str
     created_at: datetime
     note: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationRun:
+    """The latest row of `audit_reconciliation_log`."""
+
+    finished_at: datetime
+    partitions: list[int]
+    counts: dict[str, int]
+    findings: int
+    ok: bool
+    error: str | None
+
+
+_PRODUCER_FIELDS: Final = (
+    *(f for f in EVENT_FIELDS if f not in _JSONB_FIELDS), "sequence_number",
+    "context", "decision", "outcome",
+)
+"""What reconcile compares (the producer's fields) and reports (the sequence); the links
+are verify's business and are not read."""
+_COORDINATED_RECORD_COLUMNS: Final = (
+    AuditRecord.__table__.c.kafka_partition, AuditRecord.__table__.c.kafka_offset,
+    *(_hashed_column(field) for field in _PRODUCER_FIELDS[:-3]),
+    # The three JSONB values as one JSON array: one json.loads per row instead of three.
+    cast(func.json_build_array(*(AuditRecord.__table__.c[f] for f in _PRODUCER_FIELDS[-3:])),
+         Text),
+)
+_STORED_REJECT_COLUMNS: Final = (
+    AuditRejectedEvent.id, AuditRejectedEvent.partition, AuditRejectedEvent.offset,
+    AuditRejectedEvent.raw_key, AuditRejectedEvent.raw_value, AuditRejectedEvent.tenant_id,
+    AuditRejectedEvent.audit_id,
+)
+
+
+def _stored_record(row: Sequence[Any]) -> StoredRecord:
+    values = [*row[2:-1], *json.loads(row[-1])]
+    return StoredRecord(row[0], row[1], dict(zip(_PRODUCER_FIELDS, values, strict=True)))
+
+
+class ReconciliationSnapshot:
+    """What `reconcile` compares with the broker, all from ONE REPEATABLE READ snapshot:
+    the stored offsets, the records and rejects by (partition, offset), and the redelivery
+    lookup. The daemon commits rows and offsets together, so in one snapshot no row can lie
+    beyond its partition's stored offset, however much it commits meanwhile.
+    """
+
+    def __init__(self, connection: Connection, consumer_group: str, topic: str):
+        self._connection = connection
+        self._streaming = connection.execution_options(
+            stream_results=True, yield_per=STREAM_CHUNK_ROWS)
+        self.consumer_group = consumer_group
+        self.topic = topic
+
+    def export(self) -> str:
+        """An id with which other sessions see this same snapshot (worker processes), valid
+        while this transaction lasts."""
+        with translated_errors("exporting the snapshot"):
+            return str(self._connection.execute(text("SELECT pg_export_snapshot()")).scalar())
+
+    def stored_offsets(self) -> dict[int, int]:
+        """The next offset per partition, as committed in this snapshot."""
+        offsets = AuditConsumerOffset
+        with translated_errors("reading stored offsets"):
+            rows = self._connection.execute(
+                select(offsets.partition, offsets.next_offset).where(
+                    offsets.consumer_group == self.consumer_group, offsets.topic == self.topic)
+            ).all()
+        return {partition: offset for partition, offset in rows}
+
+    def stray_partitions(self, partition_count: int) -> set[int]:
+        """Partitions outside [0, partition_count) that records or rejects of the topic name
+        (two index range probes): their rows cannot have come from the topic."""
+        records, rejects = AuditRecord.__table__.c, AuditRejectedEvent
+        with translated_errors("looking for rows of unknown partitions"):
+            found = self._connection.execute(
+                select(records.kafka_partition).where(
+                    records.kafka_topic == self.topic,
+                    or_(records.kafka_partition < 0, records.kafka_partition >= partition_count))
+                .union(select(rejects.partition).where(
+                    rejects.consumer_group == self.consumer_group, rejects.topic == self.topic,
+                    or_(rejects.partition < 0, rejects.partition >= partition_count)))
+            ).scalars().all()
+        return set(found)
+
+    def unplaced_records(self) -> Iterator[StoredRecord]:
+        """Records stored without coordinates: the genesis records, and any forged one."""
+        table = AuditRecord.__table__
+        statement = select(*_COORDINATED_RECORD_COLUMNS).where(table.c.kafka_topic.is_(None))
+        with translated_errors("reading records without coordinates"):
+            for row in self._streaming.execute(statement):
+                yield _stored_record(row)
+
+    def records(self, partition: int, from_offset: int) -> Iterator[StoredRecord]:
+        """The topic's records of `partition` from `from_offset` on, in offset order."""
+        table = AuditRecord.__table__
+        statement = (
+            select(*_COORDINATED_RECORD_COLUMNS)
+            .where(table.c.kafka_topic == self.topic, table.c.kafka_partition == partition,
+                   table.c.kafka_offset >= from_offset)
+            .order_by(table.c.kafka_offset)
+        )
+        with translated_errors(f"reading the records of partition {partition}"):
+            for row in self._streaming.execute(statement):
+                yield _stored_record(row)
+
+    def rejects(self, partition: int, from_offset: int) -> Iterator[StoredReject]:
+        """This group's rejects of `partition` from `from_offset` on, in offset order."""
+        rejects = AuditRejectedEvent
+        statement = (
+            select(*_STORED_REJECT_COLUMNS)
+            .where(rejects.consumer_group == self.consumer_group, rejects.topic == self.topic,
+                   rejects.partition == partition, rejects.offset >= from_offset)
+            .order_by(rejects.offset, rejects.id)
+        )
+        with translated_errors(f"reading the rejects of partition {partition}"):
+            for row in self._streaming.execute(statement):
+                yield StoredReject(*row)
+
+    def chained(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], StoredRecord]:
+        """Records chained for these (tenant_id, audit_id) pairs, wherever they are stored.
+
+        One index probe per pair via unnest (a large IN list of row values plans badly).
+        """
+        if not keys:
+            return {}
+        table = AuditRecord.__table__
+        wanted = func.unnest(
+            cast(list(k[0] for k in keys), ARRAY(Text)),
+            cast(list(k[1] for k in keys), ARRAY(UUID(as_uuid=False))),
+        ).table_valued("tenant_id", "audit_id").render_derived(name="wanted")
+        statement = select(*_COORDINATED_RECORD_COLUMNS).join(
+            wanted, (table.c.tenant_id == wanted.c.tenant_id)
+            & (table.c.audit_id == wanted.c.audit_id))
+        with translated_errors("looking up chained audit_ids"):
+            records = [_stored_record(row) for row in self._connection.execute(statement)]
+        return {(r.tenant_id, r.audit_id): r for r in records}
 
 
 class AuditReader:
@@ -353,3 +495,50 @@ class AuditReader:
         with translated_errors("reading checkpoints"), Session(self.engine) as session:
             return [CheckpointRow(t, s, bytes(r), k, c, n)
                     for t, s, r, k, c, n in session.execute(statement)]
+
+    @contextmanager
+    def reconciliation_snapshot(
+        self, consumer_group: str, topic: str, shared: str | None = None
+    ) -> Iterator[ReconciliationSnapshot]:
+        """A read-only REPEATABLE READ transaction for one reconcile run; with `shared` (an
+        id from `ReconciliationSnapshot.export`) it sees exactly that transaction's data."""
+        with (
+            translated_errors("opening a snapshot"),
+            self.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            ) as connection,
+            connection.begin(),
+        ):
+            if shared is not None:
+                connection.execute(text("SET TRANSACTION SNAPSHOT :id"), {"id": shared})
+            yield ReconciliationSnapshot(connection, consumer_group, topic)
+
+    def can_read_rejected_payloads(self) -> bool:
+        """Whether this login may read the quarantined bytes (audit_writer may not)."""
+        statement = text(
+            "SELECT has_column_privilege('audit_rejected_events', 'raw_key', 'SELECT') "
+            "AND has_column_privilege('audit_rejected_events', 'raw_value', 'SELECT')"
+        )
+        with translated_errors("checking privileges"), Session(self.engine) as session:
+            return bool(session.scalar(statement))
+
+    def can_record_reconciliations(self) -> bool:
+        """Whether this login may append to audit_reconciliation_log."""
+        statement = text(
+            "SELECT has_table_privilege('audit_reconciliation_log', 'INSERT') "
+            "AND has_sequence_privilege('audit_reconciliation_log_id_seq', 'USAGE')"
+        )
+        with translated_errors("checking privileges"), Session(self.engine) as session:
+            return bool(session.scalar(statement))
+
+    def latest_reconciliation(self, *, completed: bool = False) -> ReconciliationRun | None:
+        """The most recent row of audit_reconciliation_log (`completed`: the most recent
+        run that did not stop on an error), or None."""
+        log = AuditReconciliationLog
+        statement = select(log.finished_at, log.partitions, log.counts, log.findings, log.ok,
+                           log.error).order_by(log.id.desc()).limit(1)
+        if completed:
+            statement = statement.where(log.error.is_(None))
+        with translated_errors("reading the reconciliation log"), Session(self.engine) as session:
+            row = session.execute(statement).one_or_none()
+        return None if row is None else ReconciliationRun(*row)

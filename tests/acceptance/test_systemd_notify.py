@@ -145,7 +145,7 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         # verify checks that ExecStart exists: point it at this checkout's venv.
         (tmp_path / source.name).write_text(text.replace(installed, here))
         units.append(str(tmp_path / source.name))
-    assert len(units) == 3, units
+    assert len(units) == 5, units
 
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True,
                             timeout=60, check=False)

@@ -2,9 +2,11 @@
 
 - audit_writer (the daemon) cannot change or remove anything already written, even
   when the append-only triggers are disabled: the privileges alone refuse it;
-- audit_reader (verify, export, status) cannot write anything;
+- audit_reader (verify, export, status, reconcile) cannot write anything but the log of
+  its reconcile runs (0003);
 - the daemon really runs end to end as a login role granted audit_writer, and the
-  read-only commands (verify, export, status, rejects) work as one granted audit_reader;
+  read-only commands (verify, export, status, rejects, reconcile) work as one granted
+  audit_reader;
 - migrations run as a non-superuser member of audit_owner, which ends up owning the schema.
 
 Roles are cluster-wide: each test creates its own login roles and drops them afterwards.
@@ -196,6 +198,38 @@ def test_the_daemon_runs_as_the_writer_and_the_auditor_verifies_and_exports(
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "verify: OK, 2 chains, 6 records intact" in verify.stdout
     assert scalar(settings.database_url, "SELECT count(*) FROM audit_verification_log") == 2
+
+
+def test_reconcile_runs_as_the_auditor_and_records_its_run(
+    settings: Settings, kafka_bootstrap: str, topic: str, login_role: LoginRole,
+    tmp_path: Path,
+) -> None:
+    produce(kafka_bootstrap, topic, [encode(wire_event("tenant-a")), (b"tenant-a", b"x")],
+            partition=0)
+    assert run_until_idle(settings).rejected == 1
+    writer = login_role(settings.database_url, "IN ROLE audit_writer")
+    auditor = login_role(settings.database_url, "IN ROLE audit_reader")
+    broker = {"AUDIT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "AUDIT_KAFKA_TOPIC": topic,
+              "AUDIT_CONSUMER_GROUP": settings.consumer_group}
+
+    run = _cli(["reconcile"], auditor, tmp_path, **broker)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 messages accounted for (1 chained, 1 rejected" in run.stderr + run.stdout
+    assert scalar(settings.database_url, "SELECT count(*) FROM audit_reconciliation_log") == 1
+
+    # The writer cannot read the quarantined bytes reconcile compares: one clear line.
+    refused = _cli(["reconcile"], writer, tmp_path, **broker)
+    assert refused.returncode == 2
+    assert "run it as a member of audit_reader" in refused.stderr
+    # It may read the runs for /metrics, not their finding details (message content).
+    assert _refused(writer, ["SELECT id, findings, finished_at, ok, error "
+                             "FROM audit_reconciliation_log"]) == [
+        "SELECT id, findings, finished_at, ok, error FROM audit_reconciliation_log"]
+    assert _refused(writer, ["SELECT finding_details FROM audit_reconciliation_log",
+                             "INSERT INTO audit_reconciliation_log DEFAULT VALUES",
+                             "DELETE FROM audit_reconciliation_log"]) == []
+    assert _refused(auditor, ["UPDATE audit_reconciliation_log SET ok = true",
+                              "DELETE FROM audit_reconciliation_log"]) == []
 
 
 def _chain_directly(database_url: str, tenants: list[str]) -> None:

@@ -1,9 +1,12 @@
-"""Tricky values survive the trip through Kafka, JSONB and back: hashes still verify."""
+"""Tricky values survive the trip through Kafka, JSONB and back: hashes still verify, and
+reconcile finds the stored record to be the message's content."""
 
 from __future__ import annotations
 
+from click.testing import CliRunner
 from support import chain_of, produce_events, run_until_idle, wire_event
 
+from audit_service.cli import main
 from audit_service.config import Settings
 from audit_service.core.chain import compute_record_hash, jsonb_stable, verify_chain
 
@@ -52,3 +55,10 @@ def test_tricky_values_verify_after_being_read_back_from_postgresql(
     assert record["decision"]["recommended_actions"] == ["b", "a"]
     assert record["record_hash"] == compute_record_hash(record)
     assert verify_chain("tenant-tricky", [genesis, record]).valid
+
+    # reconcile reads the same record another way and must find it the message's content.
+    reconcile = CliRunner().invoke(main, ["reconcile"], env={
+        "AUDIT_DATABASE_URL": settings.database_url,
+        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "AUDIT_KAFKA_TOPIC": topic,
+        "AUDIT_CONSUMER_GROUP": settings.consumer_group})
+    assert reconcile.exit_code == 0, reconcile.output

@@ -91,3 +91,28 @@ def test_an_unreadable_database_drops_only_the_tenant_metrics(
     assert ("audit_tenants", ()) not in samples
     assert samples[("audit_events_chained_total", ())] == 0
     assert [r.getMessage() for r in caplog.records] == ["cannot read chain heads for /metrics"]
+
+
+def test_the_last_reconciliation_is_exported_and_absent_until_one_ran() -> None:
+    finished = datetime(2026, 11, 26, 17, 0, tzinfo=UTC)
+    metrics = ServiceMetrics(lambda: {}, max_tenants=10,
+                             read_last_reconciliation=lambda: (finished, 3))
+    never = ServiceMetrics(lambda: {}, max_tenants=10)
+
+    samples = _samples(metrics)
+
+    assert samples[("audit_reconciliation_findings", ())] == 3
+    assert samples[("audit_reconciliation_last_run_timestamp_seconds", ())] == \
+        finished.timestamp()
+    assert ("audit_reconciliation_findings", ()) not in _samples(never)
+
+
+def test_an_unreadable_reconciliation_log_drops_only_its_metrics() -> None:
+    def last_run() -> tuple[datetime, int] | None:
+        raise TransientError("reading the reconciliation log: connection refused")
+
+    samples = _samples(ServiceMetrics(lambda: {}, max_tenants=10,
+                                      read_last_reconciliation=last_run))
+
+    assert ("audit_reconciliation_findings", ()) not in samples
+    assert samples[("audit_tenants", ())] == 0

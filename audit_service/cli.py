@@ -490,6 +490,27 @@ def rejects_show(ctx: Context, database_url: str | None, rejection_id: int,
 
 
 @main.command()
+@click.option("--name", required=True,
+              help="Key name, in every signature line (and, by default, every origin).")
+@click.option("--out", "directory", required=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for NAME.key (the secret, mode 0600) and NAME.pub.")
+@guarded
+def keygen(ctx: Context, name: str, directory: Path) -> None:
+    """Make an Ed25519 checkpoint signing key: DIR/NAME.key (secret) and DIR/NAME.pub.
+
+    Point checkpoint_key_file at NAME.key; give NAME.pub to whoever verifies. Neither file
+    is ever overwritten.
+    """
+    from audit_service.ingest.checkpointing import write_key_pair
+
+    key_path, pub_path, verifier = write_key_pair(name, directory)
+    click.echo(f"signer key: {key_path} (mode 0600, secret: set checkpoint_key_file to it)")
+    click.echo(f"verifier key: {pub_path}")
+    click.echo(verifier)
+
+
+@main.command()
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".audit-dev"), show_default=True,
               help="Where the embedded PostgreSQL keeps its data and logs go.")

@@ -1,5 +1,5 @@
-"""Acceptance: `audit-service keygen` as a subprocess (exit codes, one-line errors, file
-modes). Nothing here needs a server."""
+"""Acceptance: `audit-service keygen` and the usage errors of `verify --checkpoints`, as
+subprocesses (exit codes, one-line errors, file modes). Nothing here needs a server."""
 
 from __future__ import annotations
 
@@ -83,3 +83,24 @@ def test_keygen_refuses_a_bad_key_name_naming_the_rule(tmp_path: Path, name: str
     assert result.stderr.startswith("audit-service: error: --name: ")
     assert rule in result.stderr and result.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--checkpoints", "sink"], "--checkpoints needs --public-key FILE"),
+    (["--public-key", "k.pub"], "--public-key needs --checkpoints"),
+    (["--checkpoints", "sink", "--public-key", "k.key"], "holds a signer key (a secret)"),
+    (["--checkpoints", "sink", "--public-key", "k.pub", "--expect-previous", "a" * 64],
+     "--checkpoints needs complete exports (from genesis): drop --expect-previous"),
+    (["--checkpoints", "nowhere", "--public-key", "k.pub"], "nowhere: no such file"),
+])
+def test_verify_checkpoints_usage_errors_exit_2(tmp_path: Path, args: list[str],
+                                                message: str) -> None:
+    assert _cli(tmp_path, "keygen", "--name", "k", "--out", ".").returncode == 0
+    (tmp_path / "sink").mkdir()
+    (tmp_path / "sink/checkpoints-t.jsonl").write_text("")
+    (tmp_path / "export.jsonl").write_text("")
+
+    result = _cli(tmp_path, "verify", "--file", "export.jsonl", *args)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1

@@ -666,6 +666,58 @@ def keygen(ctx: Context, name: str, directory: Path) -> None:
     click.echo(verifier)
 
 
+@main.group()
+def checkpoints() -> None:
+    """Signed checkpoints (audit_checkpoints and the checkpoint_dir sink)."""
+
+
+@checkpoints.command("list")
+@_database_option
+@click.option("--tenant", help="Only this tenant's checkpoints.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, the note included.")
+@guarded
+def checkpoints_list(ctx: Context, database_url: str | None, tenant: str | None,
+                     as_json: bool) -> None:
+    """The checkpoints in audit_checkpoints: tenant, tree size, root, key, when signed."""
+    from audit_service.auditing.checkpoints import checkpoint_json, render_checkpoints
+
+    with _reader(ctx, database_url) as reader:
+        rows = reader.checkpoints(tenant)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(checkpoint_json(row)))
+    else:
+        click.echo(render_checkpoints(rows))
+
+
+@checkpoints.command("publish")
+@_database_option
+@guarded
+def checkpoints_publish(ctx: Context, database_url: str | None) -> None:
+    """Append to the checkpoint_dir sink what audit_checkpoints holds and the sink lacks
+    (safe beside a running daemon: the sink's files are locked while appended)."""
+    import os
+
+    from audit_service.core.errors import ConfigurationError
+    from audit_service.storage.checkpoint_sink import DirectorySink, publish_missing
+
+    settings = ctx.settings(database_url=database_url)
+    if not settings.checkpoint_dir:
+        raise ConfigurationError("checkpoint_dir is not set: nowhere to publish to")
+    directory = Path(settings.checkpoint_dir)
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"checkpoint_dir {directory} is not a writable directory")
+    with _reader(ctx, settings.database_url) as reader:
+        publication = publish_missing(reader, DirectorySink(directory),
+                                      reader.checkpoint_sizes())
+    click.echo(f"appended {publication.appended} checkpoint"
+               f"{'s' if publication.appended != 1 else ''} to {directory}")
+    if publication.failures:
+        tenant, reason = sorted(publication.failures.items())[0]
+        raise ConfigurationError(
+            f"{len(publication.failures)} tenant(s) not published, first {tenant!r}: {reason}")
+
+
 @main.command()
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".audit-dev"), show_default=True,

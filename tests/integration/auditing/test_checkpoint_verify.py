@@ -446,3 +446,49 @@ def test_a_truncated_or_rewritten_export_fails_offline(copy: Copy, tmp_path: Pat
     code, output = _verify_offline(edited, copy.sink, copy.public_key)
     assert code == 1, output
     assert f"{edited}: BROKEN at line 2: tenant '{TENANT}' sequence 1" in output
+
+
+def test_checkpoints_list_and_publish(signed: Signed, tmp_path: Path) -> None:
+    code, output = _cli(signed.database_url, "checkpoints", "list", "--tenant", OTHER)
+    assert code == 0, output
+    rows = output.splitlines()
+    assert rows[0].split() == ["TENANT", "TREE", "SIZE", "ROOT", "KEY", "CREATED", "AT"]
+    assert len(rows) == 1 + len(sink_lines(signed.sink, OTHER))
+    assert rows[-1].split()[:4] == [OTHER, str(OTHER_EVENTS + 1),
+                                    sink_lines(signed.sink, OTHER)[-1]["root_hash"],
+                                    "audit-test"]
+    code, output = _cli(signed.database_url, "checkpoints", "list", "--json")
+    assert code == 0
+    listed = [json.loads(line) for line in output.splitlines()]
+    assert [(c["tenant_id"], c["tree_size"], c["note"]) for c in listed] == [
+        (line["tenant_id"], line["tree_size"], line["note"])
+        for tenant in (TENANT, OTHER) for line in sink_lines(signed.sink, tenant)]
+
+    target = tmp_path / "copy"
+    target.mkdir()
+    publish = ["checkpoints", "publish", "--database-url", signed.database_url]
+    result = CliRunner().invoke(main, publish, env={"AUDIT_CHECKPOINT_DIR": str(target)})
+    assert result.exit_code == 0, result.output
+    assert f"appended {len(listed)} checkpoints to {target}" in result.output
+    for tenant in (TENANT, OTHER):
+        name = f"checkpoints-{tenant}.jsonl"
+        assert (target / name).read_bytes() == (signed.sink / name).read_bytes()
+    again = CliRunner().invoke(main, publish, env={"AUDIT_CHECKPOINT_DIR": str(target)})
+    assert again.exit_code == 0 and "appended 0 checkpoints" in again.output
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({}, "checkpoint_dir is not set: nowhere to publish to"),
+    ({"AUDIT_CHECKPOINT_DIR": "{tmp}/a-file"}, "is not a writable directory"),
+])
+def test_publish_without_a_usable_sink_is_a_usage_error(
+    signed: Signed, tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    env: dict[str, str | None] = {"AUDIT_CHECKPOINT_DIR": None}
+    env.update({key: value.format(tmp=tmp_path) for key, value in environ.items()})
+    result = CliRunner().invoke(
+        main, ["checkpoints", "publish", "--database-url", signed.database_url], env=env)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().endswith(message)
+    assert len(result.output.strip().splitlines()) == 1

@@ -14,12 +14,22 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from audit_service import __version__
 from audit_service.core.errors import AuditServiceError
+
+if TYPE_CHECKING:
+    from audit_service.auditing.checkpoint_verify import CheckpointReport, SinkFile
+    from audit_service.auditing.verification import TenantVerification
+    from audit_service.core.chain import VerificationResult
+    from audit_service.core.signed_note import VerifierKey
+    from audit_service.storage.reader import SequenceRange
+
+    Checkpoints = tuple[dict[str, SinkFile], tuple[VerifierKey, ...]]
+    """The sink files as they stood at the start, and the verifier keys."""
 
 EXIT_INTERNAL_ERROR = 3
 FLAG_NAMES = {
@@ -250,22 +260,64 @@ def _progress_bar(total: int) -> Iterator[Any]:
         yield bar
 
 
-def _result_json(result: Any) -> dict[str, Any]:
+def _result_json(result: Any, checkpoints: CheckpointReport | None = None) -> dict[str, Any]:
     from audit_service.auditing.export_verify import break_summary
 
-    return {
+    report = {
         "tenant_id": result.tenant_id, "valid": result.valid,
         "records_checked": result.records_checked, "first_sequence": result.first_sequence,
         "last_sequence": result.last_sequence, "last_hash": result.last_hash,
         "break": None if result.first_break is None else break_summary(result.first_break),
     }
+    if checkpoints is not None:
+        report["valid"] = result.valid and checkpoints.valid
+        report["checkpoints"] = checkpoints.as_json()
+    return report
+
+
+def _problems(result: VerificationResult | None,
+              checkpoints: CheckpointReport | None) -> str | None:
+    """The first thing wrong with a tenant, and how many more, in one line; None if nothing."""
+    problems = [] if result is None or result.first_break is None else [
+        result.first_break.describe()]
+    more = 0
+    if checkpoints is not None:
+        problems += [failure.describe() for failure in checkpoints.failures]
+        more = checkpoints.more_failures
+    if not problems:
+        return None
+    more += len(problems) - 1
+    return problems[0] + (f" (and {more} more; --json lists them)" if more else "")
+
+
+def _file_line(path: str, result: VerificationResult,
+               checkpoints: CheckpointReport | None = None) -> str:
+    from audit_service.core.chain import BREAK_HEAD
+
+    problem = _problems(result, checkpoints)
+    if problem is not None:
+        where = ("" if result.first_break is None
+                 else " at the end" if result.first_break.kind == BREAK_HEAD
+                 else f" at line {result.first_break.position}")
+        return f"{path}: BROKEN{where}: {problem}"
+    line = (f"{path}: OK, tenant {result.tenant_id}, {result.records_checked} records, "
+            f"sequences {result.first_sequence}..{result.last_sequence}, "
+            f"last record_hash {result.last_hash}")
+    return line if checkpoints is None else f"{line}, {checkpoints.describe()}"
+
+
+def _no_checkpoints_note(reports: list[CheckpointReport]) -> None:
+    new = [r.tenant_id for r in reports if r.valid and not r.checkpoints]
+    if new:
+        click.echo(f"note: {len(new)} tenant{'s have' if len(new) != 1 else ' has'} no "
+                   f"checkpoints in the sink (new, or its sink file is missing): "
+                   f"{', '.join(new[:10])}{' ...' if len(new) > 10 else ''}", err=True)
 
 
 def _verify_files(files: tuple[str, ...], expect_previous: str | None,
                   expect_head: str | None, as_json: bool) -> None:
     """Offline: no configuration is read and no database is contacted."""
     from audit_service.auditing.export_verify import verify_export_file
-    from audit_service.core.chain import BREAK_HEAD
 
     started = time.monotonic()
     reports, records, broken = [], 0, 0
@@ -276,15 +328,8 @@ def _verify_files(files: tuple[str, ...], expect_previous: str | None,
         reports.append({"file": path, **_result_json(result)})
         if result.first_break is not None:
             broken += 1
-            where = ("at the end" if result.first_break.kind == BREAK_HEAD
-                     else f"at line {result.first_break.position}")
-            line = f"{path}: BROKEN {where}: {result.first_break.describe()}"
-        else:
-            line = (f"{path}: OK, tenant {result.tenant_id}, {result.records_checked} records, "
-                    f"sequences {result.first_sequence}..{result.last_sequence}, "
-                    f"last record_hash {result.last_hash}")
         if not as_json:
-            click.echo(line)
+            click.echo(_file_line(path, result))
     seconds = time.monotonic() - started
     if as_json:
         click.echo(json.dumps({"ok": not broken, "files": reports, "records": records,
@@ -304,17 +349,83 @@ def _verify_files(files: tuple[str, ...], expect_previous: str | None,
         sys.exit(1)
 
 
+def _verify_files_with_checkpoints(files: tuple[str, ...], checkpoints: Checkpoints,
+                                   expect_head: str | None, as_json: bool) -> None:
+    """Offline, like _verify_files; every export must be complete, and the sink files of
+    tenants without an export are checked line by line."""
+    from audit_service.auditing.checkpoint_verify import TreeCheck
+    from audit_service.auditing.export_verify import verify_export_with_checkpoints
+
+    sinks, verifiers = checkpoints
+    started = time.monotonic()
+    reports, records, broken, trees = [], 0, 0, []
+    for path in files:
+        result, tree = verify_export_with_checkpoints(path, sinks, verifiers,
+                                                      expect_head=expect_head)
+        records += result.records_checked
+        reports.append({"file": path, **_result_json(result, tree)})
+        trees += [tree] if tree is not None else []
+        if not result.valid or (tree is not None and not tree.valid):
+            broken += 1
+        if not as_json:
+            click.echo(_file_line(path, result, tree))
+    exported = {tree.tenant_id for tree in trees}
+    unexported = [TreeCheck(tenant, sink, verifiers).finish(None)
+                  for tenant, sink in sorted(sinks.items()) if tenant not in exported]
+    for report in unexported:
+        broken += not report.valid
+        if not as_json:
+            problem = _problems(None, report)
+            click.echo(f"{report.file}: {'BROKEN: ' + problem if problem else report.describe()}")
+    seconds = time.monotonic() - started
+    checked = sum(tree.verified for tree in trees)
+    if as_json:
+        click.echo(json.dumps({
+            "ok": not broken, "files": reports, "records": records, "broken": broken,
+            "checkpoints_verified": checked,
+            "sink_files_without_export": [report.as_json() for report in unexported],
+            "duration_s": round(seconds, 3)}, indent=2))
+    elif broken:
+        click.echo(f"verify: FAILED, {broken} of {len(files) + len(unexported)} files broken",
+                   err=True)
+    else:
+        click.echo(f"verify: OK, {len(files)} file{'s' if len(files) != 1 else ''}, "
+                   f"{records} records intact, {checked} checkpoints verified in "
+                   f"{seconds:.1f}s")
+        _no_checkpoints_note(trees)
+    if broken:
+        sys.exit(1)
+
+
+def _tenant_line(verification: TenantVerification, scope: SequenceRange) -> str:
+    from audit_service.storage.reader import WHOLE_CHAIN
+
+    result, checkpoints = verification.chain, verification.checkpoints
+    problem = _problems(result, checkpoints)
+    if problem is not None:
+        return f"{result.tenant_id}: BROKEN: {problem}"
+    if scope == WHOLE_CHAIN:
+        line = (f"{result.tenant_id}: OK, {result.records_checked} records, head "
+                f"{result.last_sequence} {(result.last_hash or '')[:16]}")
+    else:
+        line = (f"{result.tenant_id}: OK, {result.records_checked} records, "
+                f"sequences {result.first_sequence}..{result.last_sequence}")
+    return line if checkpoints is None else f"{line}, {checkpoints.describe()}"
+
+
 def _verify_database(ctx: Context, database_url: str | None, tenant: str | None,
-                     from_seq: int, to_seq: int | None, jobs: int, as_json: bool) -> None:
-    from audit_service.auditing.verification import plan, verify_tasks
+                     from_seq: int, to_seq: int | None, jobs: int, as_json: bool,
+                     checkpoints: Checkpoints | None = None) -> None:
+    from audit_service.auditing.verification import plan, plan_with_checkpoints, verify_tasks
     from audit_service.core.errors import ConfigurationError
     from audit_service.storage.reader import WHOLE_CHAIN, SequenceRange
 
     scope = SequenceRange(from_seq, to_seq)
     started = time.monotonic()
-    reports, records, broken = [], 0, 0
+    reports, records, broken, trees = [], 0, 0, []
     with _reader(ctx, database_url) as reader:
-        tasks = plan(reader, tenant, scope)
+        tasks = (plan(reader, tenant, scope) if checkpoints is None
+                 else plan_with_checkpoints(reader, *checkpoints, tenant_id=tenant))
         if tenant is not None and not tasks:
             where = "" if scope == WHOLE_CHAIN else f" in {scope.describe()}"
             raise ConfigurationError(f"tenant {tenant!r} has no records{where}")
@@ -325,36 +436,55 @@ def _verify_database(ctx: Context, database_url: str | None, tenant: str | None,
         with _progress_bar(sum(task.expected_records for task in tasks)) as bar:
             echo = bar.write if bar is not None else click.echo
             progress = bar.update if bar is not None else None
-            for result in verify_tasks(reader, tasks, jobs=jobs, progress=progress,
-                                       record=record):
+            for verification in verify_tasks(reader, tasks, jobs=jobs, progress=progress,
+                                             record=record):
+                result = verification.chain
                 records += result.records_checked
-                reports.append(_result_json(result))
-                if result.first_break is not None:
+                reports.append(_result_json(result, verification.checkpoints))
+                if verification.checkpoints is not None:
+                    trees.append(verification.checkpoints)
+                if not verification.valid:
                     broken += 1
-                    line = f"{result.tenant_id}: BROKEN: {result.first_break.describe()}"
-                elif scope == WHOLE_CHAIN:
-                    line = (f"{result.tenant_id}: OK, {result.records_checked} records, head "
-                            f"{result.last_sequence} {(result.last_hash or '')[:16]}")
-                else:
-                    line = (f"{result.tenant_id}: OK, {result.records_checked} records, "
-                            f"sequences {result.first_sequence}..{result.last_sequence}")
                 if not as_json:
-                    echo(line)
+                    echo(_tenant_line(verification, scope))
     seconds = time.monotonic() - started
+    checked = sum(tree.verified for tree in trees)
     if as_json:
-        click.echo(json.dumps({
+        summary = {
             "ok": not broken, "chains": len(reports), "broken": broken, "records": records,
             "duration_s": round(seconds, 3), "records_per_s": round(records / seconds),
             "tenants": reports,
-        }, indent=2))
+        }
+        if checkpoints is not None:
+            summary["checkpoints_verified"] = checked
+        click.echo(json.dumps(summary, indent=2))
     elif broken:
         click.echo(f"verify: FAILED, {broken} of {len(reports)} chains broken", err=True)
     else:
+        verified = "" if checkpoints is None else f", {checked} checkpoints verified"
         click.echo(f"verify: OK, {len(reports)} chain{'s' if len(reports) != 1 else ''}, "
-                   f"{records} records intact in {seconds:.1f}s "
+                   f"{records} records intact{verified} in {seconds:.1f}s "
                    f"({records / seconds:,.0f} records/s)")
+        _no_checkpoints_note(trees)
     if broken:
         sys.exit(1)
+
+
+def _checkpoint_inputs(path: Path | None, public_keys: tuple[str, ...]) -> Checkpoints | None:
+    """--checkpoints and --public-key, loaded: the keys, and the sink files' sizes now,
+    before any record is read."""
+    from audit_service.auditing.checkpoint_verify import load_verifiers, sink_files
+    from audit_service.core.errors import ConfigurationError
+
+    if path is None:
+        if public_keys:
+            raise ConfigurationError("--public-key needs --checkpoints")
+        return None
+    if not public_keys:
+        raise ConfigurationError(
+            "--checkpoints needs --public-key FILE (the signer's NAME.pub; repeat for old keys)")
+    verifiers = load_verifiers(public_keys)
+    return sink_files(path), verifiers
 
 
 @main.command()
@@ -374,24 +504,46 @@ def _verify_database(ctx: Context, database_url: str | None, tenant: str | None,
               help="With --file: the record_hash the first record must link to.")
 @click.option("--expect-head", callback=_hex_hash, metavar="HASH",
               help="With --file: the record_hash the last record must have.")
+@click.option("--checkpoints", "checkpoint_path", metavar="PATH",
+              type=click.Path(path_type=Path),
+              help="Also check signed checkpoints: a sink directory (its "
+                   "checkpoints-*.jsonl) or one tenant's file.")
+@click.option("--public-key", "public_keys", multiple=True, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="With --checkpoints: a verifier key file (NAME.pub from keygen); repeat "
+                   "it for keys rotated out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary.")
 @guarded
 def verify(ctx: Context, database_url: str | None, tenant: str | None, from_seq: int,
            to_seq: int | None, jobs: int, files: tuple[str, ...],
-           expect_previous: str | None, expect_head: str | None, as_json: bool) -> None:
+           expect_previous: str | None, expect_head: str | None,
+           checkpoint_path: Path | None, public_keys: tuple[str, ...], as_json: bool) -> None:
     """Recompute every hash and link, from PostgreSQL or (--file) an export; exit 1 on a break.
 
     From PostgreSQL each tenant's recorded head must be its last record, and every tenant
     run is recorded in audit_verification_log.
+
+    With --checkpoints, every signed checkpoint must be signed by a --public-key, name its
+    tenant, and have the root of that many records, and no head may be behind its newest
+    checkpoint: that catches a chain rewritten and rehashed, or cut short, which the chain
+    alone cannot. A tenant with no checkpoints is reported, not failed.
     """
+    from audit_service.core.chain import GENESIS_PREVIOUS_HASH
     from audit_service.core.errors import ConfigurationError
 
     if to_seq is not None and to_seq < from_seq:
         raise ConfigurationError("--to-seq must not be below --from-seq")
+    if checkpoint_path is not None and (from_seq or to_seq is not None):
+        raise ConfigurationError("--checkpoints checks whole chains: drop --from-seq/--to-seq")
+    if checkpoint_path is not None and expect_previous not in (None, GENESIS_PREVIOUS_HASH):
+        raise ConfigurationError(
+            "--checkpoints needs complete exports (from genesis): drop --expect-previous")
     if not files:
         if expect_previous or expect_head:
             raise ConfigurationError("--expect-previous and --expect-head need --file")
-        _verify_database(ctx, database_url, tenant, from_seq, to_seq, jobs, as_json)
+        checkpoints = _checkpoint_inputs(checkpoint_path, public_keys)
+        _verify_database(ctx, database_url, tenant, from_seq, to_seq, jobs, as_json,
+                         checkpoints)
         return
     database_only = {"--database-url": database_url, "--tenant": tenant,
                      "--from-seq": from_seq or None, "--to-seq": to_seq,
@@ -401,7 +553,11 @@ def verify(ctx: Context, database_url: str | None, tenant: str | None, from_seq:
         raise ConfigurationError(f"--file verifies an export as it is; drop {', '.join(given)}")
     if len(files) > 1 and (expect_previous or expect_head):
         raise ConfigurationError("--expect-previous and --expect-head need a single --file")
-    _verify_files(files, expect_previous, expect_head, as_json)
+    checkpoints = _checkpoint_inputs(checkpoint_path, public_keys)
+    if checkpoints is None:
+        _verify_files(files, expect_previous, expect_head, as_json)
+    else:
+        _verify_files_with_checkpoints(files, checkpoints, expect_head, as_json)
 
 
 @main.command()
@@ -550,6 +706,79 @@ def rejects_show(ctx: Context, database_url: str | None, rejection_id: int,
         raise ConfigurationError(f"no rejected event with id {rejection_id}")
     click.echo(json.dumps(event_json(event, with_bytes=True), indent=2) if as_json
                else render_event(event))
+
+
+@main.command()
+@click.option("--name", required=True,
+              help="Key name, in every signature line (and, by default, every origin).")
+@click.option("--out", "directory", required=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for NAME.key (the secret, mode 0600) and NAME.pub.")
+@guarded
+def keygen(ctx: Context, name: str, directory: Path) -> None:
+    """Make an Ed25519 checkpoint signing key: DIR/NAME.key (secret) and DIR/NAME.pub.
+
+    Point checkpoint_key_file at NAME.key; give NAME.pub to whoever verifies. Neither file
+    is ever overwritten.
+    """
+    from audit_service.ingest.checkpointing import write_key_pair
+
+    key_path, pub_path, verifier = write_key_pair(name, directory)
+    click.echo(f"signer key: {key_path} (mode 0600, secret: set checkpoint_key_file to it)")
+    click.echo(f"verifier key: {pub_path}")
+    click.echo(verifier)
+
+
+@main.group()
+def checkpoints() -> None:
+    """Signed checkpoints (audit_checkpoints and the checkpoint_dir sink)."""
+
+
+@checkpoints.command("list")
+@_database_option
+@click.option("--tenant", help="Only this tenant's checkpoints.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, the note included.")
+@guarded
+def checkpoints_list(ctx: Context, database_url: str | None, tenant: str | None,
+                     as_json: bool) -> None:
+    """The checkpoints in audit_checkpoints: tenant, tree size, root, key, when signed."""
+    from audit_service.auditing.checkpoints import checkpoint_json, render_checkpoints
+
+    with _reader(ctx, database_url) as reader:
+        rows = reader.checkpoints(tenant)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(checkpoint_json(row)))
+    else:
+        click.echo(render_checkpoints(rows))
+
+
+@checkpoints.command("publish")
+@_database_option
+@guarded
+def checkpoints_publish(ctx: Context, database_url: str | None) -> None:
+    """Append to the checkpoint_dir sink what audit_checkpoints holds and the sink lacks
+    (safe beside a running daemon: the sink's files are locked while appended)."""
+    import os
+
+    from audit_service.core.errors import ConfigurationError
+    from audit_service.storage.checkpoint_sink import DirectorySink, publish_missing
+
+    settings = ctx.settings(database_url=database_url)
+    if not settings.checkpoint_dir:
+        raise ConfigurationError("checkpoint_dir is not set: nowhere to publish to")
+    directory = Path(settings.checkpoint_dir)
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"checkpoint_dir {directory} is not a writable directory")
+    with _reader(ctx, settings.database_url) as reader:
+        publication = publish_missing(reader, DirectorySink(directory),
+                                      reader.checkpoint_sizes())
+    click.echo(f"appended {publication.appended} checkpoint"
+               f"{'s' if publication.appended != 1 else ''} to {directory}")
+    if publication.failures:
+        tenant, reason = sorted(publication.failures.items())[0]
+        raise ConfigurationError(
+            f"{len(publication.failures)} tenant(s) not published, first {tenant!r}: {reason}")
 
 
 @main.command()

@@ -16,27 +16,35 @@ after it are top level (no object follows them, and a string cannot contain an u
 quote), so the link, sequence and tenant read from those bytes are the record's own. A line
 the fast path does not accept (the first one, a reformatted or tampered one) gets the full
 check, which parses the record, runs `chain.verify_chain` and describes the break.
+
+With checkpoints, a complete export (from genesis) also rebuilds its tenant's Merkle tree
+from the record_hash on each line, in the same pass, against the signed checkpoints of the
+sink (`checkpoint_verify`, which needs no database either).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Final
 
+from audit_service.auditing.checkpoint_verify import CheckpointReport, SinkFile, TreeCheck
 from audit_service.core.chain import (
     BREAK_HEAD,
     BREAK_MALFORMED,
+    GENESIS_PREVIOUS_HASH,
     HASHED_FIELDS,
     ChainBreak,
     VerificationResult,
     verify_chain,
 )
 from audit_service.core.errors import ConfigurationError
+from audit_service.core.signed_note import VerifierKey
 
 STDIN: Final = "-"
 READ_BUFFER_BYTES: Final = 1 << 20
@@ -222,6 +230,55 @@ def verify_export_file(
             )
         except OSError as exc:
             raise ConfigurationError(f"error reading {path}: {exc.strerror}") from exc
+
+
+def verify_export_with_checkpoints(
+    path: str, sinks: Mapping[str, SinkFile], verifiers: Sequence[VerifierKey], *,
+    expect_head: str | None = None,
+) -> tuple[VerificationResult, CheckpointReport | None]:
+    """Verify a complete export (its first record must be genesis) and, in the same pass,
+    its tenant's checkpoints; the export's last record is the head they must not pass.
+
+    The report is None when the first line names no tenant (the chain result says why).
+    """
+    with _opened(path) as handle:
+        try:
+            first = handle.readline()
+            tenant = _tenant_of(first)
+            lines: Iterator[bytes] = itertools.chain([first] if first else [], handle)
+            tree = None if tenant is None else TreeCheck(tenant, sinks.get(tenant), verifiers)
+            if tree is not None:
+                lines = tree.feed(lines, line_record_hash)
+            result = verify_export_lines(
+                lines, expect_previous=GENESIS_PREVIOUS_HASH, expect_head=expect_head)
+            if tree is None:
+                return result, None
+            for _ in lines:  # past a chain break too: the tree covers every line's hash
+                pass
+            return result, tree.finish(tree.size)
+        except OSError as exc:
+            raise ConfigurationError(f"error reading {path}: {exc.strerror}") from exc
+
+
+def line_record_hash(line: bytes) -> str | None:
+    """The record_hash an export line states, read where the format puts it (the member
+    after the top-level previous_hash). Not verified here: the chain check judges the line."""
+    at = line.rfind(_RECORD_HASH)
+    if at < 0:
+        return None
+    start = at + len(_RECORD_HASH)
+    try:
+        return line[start:start + _HEX_LENGTH].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _tenant_of(line: bytes) -> str | None:
+    try:
+        tenant = _parse(line).get("tenant_id")
+    except _Malformed:
+        return None
+    return tenant if isinstance(tenant, str) else None
 
 
 def break_summary(chain_break: ChainBreak) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """Verify chains stored in PostgreSQL: every record, every link, and each tenant's head.
 
+With checkpoints (`verify --checkpoints`), each tenant's records also rebuild its Merkle tree
+in the same pass, which must reproduce every signed checkpoint of the sink
+(`checkpoint_verify`): that catches a chain rewritten and rehashed, or cut short, which the
+chain alone cannot.
+
 Tenants are independent chains, so `jobs > 1` verifies them in that many processes (spawned,
 each with its own engine; hashing is CPU-bound, threads would share one core). Every tenant
 run can be recorded as one row of `audit_verification_log`.
@@ -11,7 +16,7 @@ import dataclasses
 import multiprocessing
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +24,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, insert
 
+from audit_service.auditing.checkpoint_verify import CheckpointReport, SinkFile, TenantCheckpoints
 from audit_service.auditing.export_verify import break_summary
 from audit_service.core.chain import (
     BREAK_GAP,
@@ -28,6 +34,7 @@ from audit_service.core.chain import (
     VerificationResult,
     verify_chain,
 )
+from audit_service.core.signed_note import VerifierKey
 from audit_service.storage.engine import create_db_engine, translated_errors
 from audit_service.storage.models import AuditVerificationLog
 from audit_service.storage.reader import WHOLE_CHAIN, AuditReader, SequenceRange
@@ -48,6 +55,8 @@ class TenantTask:
     tenant_id: str
     head: ChainHead
     scope: SequenceRange
+    checkpoints: TenantCheckpoints | None = None
+    """The tenant's signed checkpoints to check over the same pass (whole chains only)."""
 
     @property
     def reaches_head(self) -> bool:
@@ -62,8 +71,20 @@ class TenantTask:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantVerification:
+    """One tenant's run: the chain's result and, when they were checked, its checkpoints'."""
+
+    chain: VerificationResult
+    checkpoints: CheckpointReport | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.chain.valid and (self.checkpoints is None or self.checkpoints.valid)
+
+
+@dataclass(frozen=True, slots=True)
 class _TimedResult:
-    result: VerificationResult
+    result: TenantVerification
     started_at: datetime
     duration_ms: int
 
@@ -87,6 +108,27 @@ def plan(
     return [t for t in tasks if scope.first == 0 or t.head.last_sequence >= scope.first]
 
 
+def plan_with_checkpoints(
+    reader: AuditReader, sinks: Mapping[str, SinkFile], verifiers: Sequence[VerifierKey],
+    tenant_id: str | None = None,
+) -> list[TenantTask]:
+    """`plan`'s whole-chain runs, each with its tenant's checkpoints, plus one for every
+    tenant the sink has and the database does not (its records were all removed).
+
+    Take `sinks` (`checkpoint_verify.sink_files`) BEFORE this: the daemon appends to the sink
+    only after committing, so each tenant's snapshot, read later, holds what was signed.
+    """
+    tasks = {task.tenant_id: task for task in plan(reader, tenant_id)}
+    for tenant in sinks:
+        if tenant_id is None or tenant == tenant_id:
+            tasks.setdefault(tenant, TenantTask(tenant, ChainHead.empty(tenant), WHOLE_CHAIN))
+    return [
+        dataclasses.replace(task, checkpoints=TenantCheckpoints(
+            tenant, sinks.get(tenant), tuple(verifiers)))
+        for tenant, task in sorted(tasks.items())
+    ]
+
+
 def _counted(records: Iterable[dict[str, Any]], progress: Progress) -> Iterator[dict[str, Any]]:
     pending = 0
     try:
@@ -103,8 +145,9 @@ def _counted(records: Iterable[dict[str, Any]], progress: Progress) -> Iterator[
 
 def verify_tenant(
     reader: AuditReader, task: TenantTask, progress: Progress | None = None
-) -> VerificationResult:
-    """Verify one tenant's range: hashes, links, gap-free sequence, genesis, and the head.
+) -> TenantVerification:
+    """Verify one tenant's range: hashes, links, gap-free sequence, genesis, and the head;
+    and its checkpoints when the task has them.
 
     A range starting after 0 must link to the stored hash of its predecessor (a missing
     predecessor is a break). When the range reaches the recorded head, the last record must
@@ -116,26 +159,37 @@ def verify_tenant(
     if scope.first > 0:
         link = reader.record_hash_at(tenant, scope.first - 1)
         if link is None:
-            return VerificationResult(tenant, 0, None, None, None, ChainBreak(
+            return TenantVerification(VerificationResult(tenant, 0, None, None, None, ChainBreak(
                 tenant, scope.first, BREAK_LINK, f"a link to record {scope.first - 1}",
-                f"no record {scope.first - 1}", 1))
+                f"no record {scope.first - 1}", 1)))
     # The head is re-read in the records' own snapshot: the one from plan() is older, and a
     # running daemon may have appended since.
     head, records = reader.read_chain(tenant, scope.first, scope.last)
     task = dataclasses.replace(task, head=head)
+    tree = task.checkpoints.start() if task.checkpoints is not None else None
+    if tree is not None:
+        records = tree.feed(records, _record_hash)
     if progress is not None:
         records = _counted(records, progress)
     result = verify_chain(
         tenant, records, start_sequence=scope.first, expected_previous_hash=link,
         expected_head=task.head if task.reaches_head else None,
     )
+    if tree is not None:
+        for _ in records:  # past a chain break too: the tree covers every stored hash
+            pass
     if result.valid and not task.reaches_head and result.last_sequence != scope.last:
         missing = scope.first if result.last_sequence is None else result.last_sequence + 1
         result = dataclasses.replace(result, first_break=ChainBreak(
             tenant, missing, BREAK_GAP, f"sequence {missing}", "end of records",
             result.records_checked + 1,
         ))
-    return result
+    report = tree.finish(head.last_sequence + 1) if tree is not None else None
+    return TenantVerification(result, report)
+
+
+def _record_hash(record: Mapping[str, Any]) -> object:
+    return record.get("record_hash")
 
 
 def _timed(reader: AuditReader, task: TenantTask, progress: Progress | None) -> _TimedResult:
@@ -199,13 +253,15 @@ def _in_parallel(
 
 
 def _record_run(engine: Engine, task: TenantTask, outcome: _TimedResult) -> None:
-    result = outcome.result
+    result = outcome.result.chain
     errors = [] if result.first_break is None else [break_summary(result.first_break)]
+    if outcome.result.checkpoints is not None:
+        errors += [failure.summary() for failure in outcome.result.checkpoints.failures]
     with translated_errors("recording the run in audit_verification_log"), engine.begin() as db:
         db.execute(insert(AuditVerificationLog).values(
             tenant_id=task.tenant_id, from_sequence=task.scope.first,
             to_sequence=task.scope.last if task.scope.last is not None else result.last_sequence,
-            records_checked=result.records_checked, valid=result.valid, errors=errors,
+            records_checked=result.records_checked, valid=outcome.result.valid, errors=errors,
             started_at=outcome.started_at, duration_ms=outcome.duration_ms,
         ))
 
@@ -213,7 +269,7 @@ def _record_run(engine: Engine, task: TenantTask, outcome: _TimedResult) -> None
 def verify_tasks(
     reader: AuditReader, tasks: list[TenantTask], *, jobs: int = 1,
     progress: Progress | None = None, record: bool = False,
-) -> Iterator[VerificationResult]:
+) -> Iterator[TenantVerification]:
     """Yield one result per task, in task order; `record` logs each tenant run."""
     if jobs > 1 and len(tasks) > 1:
         outcomes = _in_parallel(reader, tasks, jobs, progress)
@@ -230,7 +286,8 @@ def verify_database(
     scope: SequenceRange = WHOLE_CHAIN, jobs: int = 1, progress: Progress | None = None,
     record: bool = False,
 ) -> Iterator[VerificationResult]:
-    """Verify every tenant (or just `tenant_id`) over `scope`; see `plan` and `verify_tenant`."""
-    return verify_tasks(
-        reader, plan(reader, tenant_id, scope), jobs=jobs, progress=progress, record=record
-    )
+    """Verify every tenant's chain (or just `tenant_id`'s) over `scope`; see `plan` and
+    `verify_tenant`."""
+    tasks = plan(reader, tenant_id, scope)
+    verifications = verify_tasks(reader, tasks, jobs=jobs, progress=progress, record=record)
+    return (verification.chain for verification in verifications)

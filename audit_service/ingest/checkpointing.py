@@ -20,7 +20,13 @@ from sqlalchemy.orm import Session
 from audit_service.config import Settings
 from audit_service.core.checkpoint import SignedCheckpoint, format_checkpoint, tenant_origin
 from audit_service.core.errors import ConfigurationError
-from audit_service.core.signed_note import NoteError, SignerKey, sign_note
+from audit_service.core.signed_note import (
+    NoteError,
+    SignerKey,
+    check_key_name,
+    generate_signer,
+    sign_note,
+)
 from audit_service.core.tree_state import CheckpointPolicy, TreeState
 from audit_service.storage.engine import translated_errors
 from audit_service.storage.store import ChainStore, NewCheckpoint
@@ -31,6 +37,9 @@ SWEEP_MAX_S: Final = 5.0
 within checkpoint_every_s plus at most this long."""
 PRIVATE_MODE_BITS: Final = stat.S_IRWXG | stat.S_IRWXO
 """A signer key readable by anyone but its owner is refused, as ssh refuses such keys."""
+SIGNER_KEY_MODE: Final = 0o600
+VERIFIER_KEY_MODE: Final = 0o644
+"""The verifier key is public: auditors need it."""
 
 
 class Checkpointer:
@@ -77,6 +86,47 @@ def load_signer(path: str) -> SignerKey:
         return SignerKey.parse(text.strip())
     except NoteError as exc:
         raise ConfigurationError(f"checkpoint_key_file {path}: {exc}") from None
+
+
+def write_key_pair(name: str, directory: Path) -> tuple[Path, Path, str]:
+    """A new signer key in `directory/NAME.key` (0600 from its creation: the secret is never
+    readable by others, not even for a moment) and its verifier key in `NAME.pub`; returns
+    both paths and the verifier key text. Neither file may exist already."""
+    try:
+        check_key_name(name)
+    except NoteError as exc:
+        raise ConfigurationError(f"--name: {exc}") from None
+    if "/" in name:
+        raise ConfigurationError(f"--name: key name {name!r} contains '/' (it names files)")
+    signer = generate_signer(name)
+    key_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
+    for path in (key_path, pub_path):
+        if os.path.lexists(path):
+            raise ConfigurationError(f"{path} exists: keygen never overwrites a key")
+    _create(key_path, signer.to_text() + "\n", SIGNER_KEY_MODE)
+    verifier = signer.verifier().to_text()
+    try:
+        _create(pub_path, verifier + "\n", VERIFIER_KEY_MODE)
+    except ConfigurationError:
+        key_path.unlink()  # no signer key without its verifier key
+        raise
+    return key_path, pub_path, verifier
+
+
+def _create(path: Path, text: str, mode: int) -> None:
+    """Write a new file (O_EXCL: never over an existing one, nor through a symlink)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        path.unlink()  # no half-written key left behind
+        raise ConfigurationError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def checkpointer_from(settings: Settings) -> Checkpointer | None:

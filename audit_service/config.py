@@ -27,6 +27,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from audit_service.core.checkpoint import CheckpointError, tenant_origin
 from audit_service.core.errors import ConfigurationError
 from audit_service.core.offset_policy import POLICIES as OFFSET_POLICIES
 from audit_service.ops.logs import LOG_FORMATS
@@ -125,11 +126,11 @@ class Settings(BaseModel):
         if self.checkpoint_key_file and not self.checkpoint_dir:
             raise SettingError("checkpoint_key_file is set but checkpoint_dir is not",
                                ("checkpoint_key_file", "checkpoint_dir"))
-        if self.checkpoint_origin is not None and (
-            not self.checkpoint_origin or any(c.isspace() for c in self.checkpoint_origin)
-        ):
-            raise SettingError("checkpoint_origin must be non-empty, without whitespace",
-                               ("checkpoint_origin",))
+        if self.checkpoint_origin is not None:
+            try:
+                tenant_origin(self.checkpoint_origin, "t")
+            except CheckpointError as exc:
+                raise SettingError(str(exc), ("checkpoint_origin",)) from None
         return self
 
     @field_validator("database_url")

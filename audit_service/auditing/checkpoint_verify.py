@@ -323,6 +323,13 @@ class TreeCheck:
                            f"({since})", signed.line)
             self._next = self._pull()
 
+    def stop(self, reason: str) -> None:
+        """Add no more records: the ones that would follow are not bound to the chain (it
+        broke), so the checkpoints beyond the tree are failures for `reason`."""
+        if not self._stopped and self._next is not None:
+            self._fail(self._next.size, reason, self._next.line)
+        self._stopped = True
+
     def finish(self, head_size: int | None) -> CheckpointReport:
         """The report, once every record was added. `head_size`: the tenant's head as a
         tree size (recorded head + 1; offline, the export's last record + 1); None when

@@ -10,16 +10,19 @@ An export line is the record's canonical JSON (`export_line`): the hashed text w
 form is accepted, so changing any byte of a line fails.
 
 Most lines are accepted by a byte-level fast path: removing that member and hashing the
-rest checks the record without parsing it. A match proves the rest is exactly the text the
+rest checks the record without parsing it. Given a trusted hash (linked up to an anchor:
+--expect-head or a signed checkpoint), a match proves the rest is exactly the text the
 writer hashed, hence canonical JSON, in which the last `,"previous_hash":"` and every key
 after it are top level (no object follows them, and a string cannot contain an unescaped
 quote), so the link, sequence and tenant read from those bytes are the record's own. A line
 the fast path does not accept (the first one, a reformatted or tampered one) gets the full
 check, which parses the record, runs `chain.verify_chain` and describes the break.
 
-With checkpoints, a complete export (from genesis) also rebuilds its tenant's Merkle tree
-from the record_hash on each line, in the same pass, against the signed checkpoints of the
-sink (`checkpoint_verify`, which needs no database either).
+With checkpoints, a complete export (from genesis) also rebuilds its tenant's Merkle tree,
+in the same pass, from the record_hash the chain check accepted on each line, against the
+signed checkpoints of the sink (`checkpoint_verify`, which needs no database either). The
+fast path alone proves only that a line hashes to the hash it states; the signed roots are
+the anchor that makes those hashes, and so the lines, the writer's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import hashlib
 import itertools
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Final
 
@@ -154,12 +157,15 @@ def _check_slowly(
 
 def verify_export_lines(
     lines: Iterable[bytes], *, expect_previous: str | None = None,
-    expect_head: str | None = None,
+    expect_head: str | None = None, on_record: Callable[[str], None] | None = None,
 ) -> VerificationResult:
     """Verify one tenant's export, line by line, in constant memory; breaks name the line.
 
     `expect_previous`: the record_hash the first record must link to (for an export that
     starts after genesis). `expect_head`: the record_hash the last record must have.
+    `on_record`: called with each accepted record's record_hash, the very hash the next
+    link was checked against (the checkpoints' tree must be built from these, never from
+    another reading of the line: only they are bound to the line's content).
     """
     tenant: str | None = None
     first = last = -1
@@ -172,6 +178,8 @@ def verify_export_lines(
             if accepted is not None:
                 last, last_hash = last + 1, accepted
                 sequence_token = _sequence_token(last + 1)
+                if on_record is not None:
+                    on_record(accepted.decode())
                 continue
             checked = _check_slowly(line, tenant, last + 1, last_hash.decode())
         else:
@@ -184,6 +192,8 @@ def verify_export_lines(
             tenant_token = b',"tenant_id":%s,"timestamp":' % json.dumps(tenant).encode()
         last, last_hash = checked["sequence_number"], checked["record_hash"].encode()
         sequence_token = _sequence_token(last + 1)
+        if on_record is not None:
+            on_record(checked["record_hash"])
     if tenant is None:
         return _result("", 0, first, last, last_hash, ChainBreak(
             "", None, BREAK_MALFORMED, "at least one record", "an empty file", 1))
@@ -247,30 +257,19 @@ def verify_export_with_checkpoints(
             tenant = _tenant_of(first)
             lines: Iterator[bytes] = itertools.chain([first] if first else [], handle)
             tree = None if tenant is None else TreeCheck(tenant, sinks.get(tenant), verifiers)
-            if tree is not None:
-                lines = tree.feed(lines, line_record_hash)
             result = verify_export_lines(
-                lines, expect_previous=GENESIS_PREVIOUS_HASH, expect_head=expect_head)
+                lines, expect_previous=GENESIS_PREVIOUS_HASH, expect_head=expect_head,
+                on_record=None if tree is None else tree.add)
             if tree is None:
                 return result, None
-            for _ in lines:  # past a chain break too: the tree covers every line's hash
-                pass
+            broken = result.first_break
+            if broken is not None and broken.kind != BREAK_HEAD:
+                # Nothing past the last accepted record is bound to a signed hash.
+                tree.stop(f"the chain breaks at record {tree.size} (line {broken.position}): "
+                          "checkpoints beyond it are not compared")
             return result, tree.finish(tree.size)
         except OSError as exc:
             raise ConfigurationError(f"error reading {path}: {exc.strerror}") from exc
-
-
-def line_record_hash(line: bytes) -> str | None:
-    """The record_hash an export line states, read where the format puts it (the member
-    after the top-level previous_hash). Not verified here: the chain check judges the line."""
-    at = line.rfind(_RECORD_HASH)
-    if at < 0:
-        return None
-    start = at + len(_RECORD_HASH)
-    try:
-        return line[start:start + _HEX_LENGTH].decode("ascii")
-    except UnicodeDecodeError:
-        return None
 
 
 def _tenant_of(line: bytes) -> str | None:

@@ -3,8 +3,8 @@
 Starts an embedded PostgreSQL and a Tansu broker, migrates, runs the daemon as a real
 subprocess (the same `run` an operator starts), feeds it realistic events plus one
 malformed message, and every few seconds prints what was produced, chained, rejected,
-the daemon's /health and the verdict of `audit-service verify`; at the end, a `reconcile`
-of the topic with the store.
+the daemon's /health and the verdict of `audit-service verify --checkpoints` (the daemon
+signs checkpoints with a dev key); at the end, a `reconcile` of the topic with the store.
 
 Every run starts from an empty `audit` database: Tansu keeps its log in memory, so the
 offsets a previous run stored in PostgreSQL would point past the end of the new, empty
@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from audit_service.dev.devstack import (
     free_port,
 )
 from audit_service.dev.samples import produce_events, sample_event, tenant_names
+from audit_service.ingest.checkpointing import write_key_pair
 from audit_service.storage.engine import describe
 
 DEV_DATABASE = "audit"
@@ -49,10 +52,16 @@ DRAIN_TIMEOUT_S = 10.0  # on shutdown, how long the daemon may take to chain wha
 DAEMON_STOP_TIMEOUT_S = 15.0  # the daemon promises to exit within ~10 s of SIGTERM
 COMMAND_TIMEOUT_S = 120.0  # migrate / verify / reconcile subprocesses
 HTTP_TIMEOUT_S = 2.0
+DEV_KEY_NAME = "audit-dev"
+DEV_CHECKPOINT_EVERY_RECORDS = "100"
+DEV_CHECKPOINT_EVERY_S = "5"
+"""Checkpoints often, so a short dev run shows them being signed and verified."""
 PRODUCER_JOIN_TIMEOUT_S = 15.0
 
 # The Tansu quirk from SPEC section 7: with kafka-python's default group timeouts the
 # first join takes over 20 s.
+_CHECKPOINTS_VERIFIED = re.compile(r"(\d[\d,]*) checkpoints verified")
+
 _TANSU_GROUP_SETTINGS = {
     "AUDIT_KAFKA_SESSION_TIMEOUT_MS": "6000",
     "AUDIT_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
@@ -142,6 +151,8 @@ class _DevStack:
         self.producer_error: BaseException | None = None
         self.engine: Any = None
         self.pidfile = state_dir / "dev.pids"
+        self.sink = state_dir / "checkpoints"
+        self.public_key = state_dir / "keys" / f"{DEV_KEY_NAME}.pub"
 
     # -- start -------------------------------------------------------------------------
 
@@ -181,6 +192,7 @@ class _DevStack:
             "PYTHONUNBUFFERED": "1",
             **_TANSU_GROUP_SETTINGS,
         }
+        self.env.update(self._checkpoint_settings())
         self.health_url = f"http://127.0.0.1:{health_port}"
         self.engine = _read_only_engine(database_url)
 
@@ -191,6 +203,23 @@ class _DevStack:
         self._start_daemon()
         self._wait_until_ready()
         self.started_at = time.monotonic()
+
+    def _checkpoint_settings(self) -> dict[str, str]:
+        """Signed checkpoints on: the dev key (made once, kept in the state dir) and a sink
+        emptied with the database, since every dev run starts a new chain."""
+        keys, sink = self.state_dir / "keys", self.state_dir / "checkpoints"
+        keys.mkdir(exist_ok=True)
+        self.public_key = keys / f"{DEV_KEY_NAME}.pub"
+        if not (keys / f"{DEV_KEY_NAME}.key").exists():
+            write_key_pair(DEV_KEY_NAME, keys)
+        shutil.rmtree(sink, ignore_errors=True)
+        sink.mkdir()
+        self.sink = sink
+        self.echo(f"checkpoints: signed with {keys / DEV_KEY_NAME}.key, published to {sink}")
+        return {"AUDIT_CHECKPOINT_KEY_FILE": str(keys / f"{DEV_KEY_NAME}.key"),
+                "AUDIT_CHECKPOINT_DIR": str(sink),
+                "AUDIT_CHECKPOINT_EVERY_RECORDS": DEV_CHECKPOINT_EVERY_RECORDS,
+                "AUDIT_CHECKPOINT_EVERY_S": DEV_CHECKPOINT_EVERY_S}
 
     def _start_daemon(self) -> None:
         log_path = self.state_dir / "daemon.log"
@@ -408,19 +437,27 @@ class _DevStack:
         return {str(t): int(n) for t, n in rows}, int(rejected[0]), ""
 
     def _verify(self) -> tuple[int, str]:
-        """Run `audit-service verify` as an operator would; (exit code, one-line verdict)."""
-        code, output = self._service_command("verify")
+        """Run `audit-service verify --checkpoints` as an auditor would, against the sink and
+        the dev key; (exit code, one-line verdict)."""
+        if not any(self.sink.glob("checkpoints-*.jsonl")):  # none signed yet
+            code, output = self._service_command("verify")
+            if code == 0:
+                return code, "verify: OK (no checkpoint signed yet)"
+        else:
+            code, output = self._service_command(
+                "verify", "--checkpoints", str(self.sink), "--public-key", str(self.public_key))
         if code == 0:
-            return code, "verify: OK"
+            signed = _CHECKPOINTS_VERIFIED.search(output)
+            return code, f"verify: OK ({signed.group(1) if signed else 0} checkpoints verified)"
         if code == 1:
             return code, f"verify: BROKEN CHAIN ({output})"
         return code, f"verify: error {code} ({output})"
 
-    def _service_command(self, command: str) -> tuple[int, str]:
-        """Run `python -m audit_service COMMAND`; (exit code, last output line)."""
+    def _service_command(self, *command: str) -> tuple[int, str]:
+        """Run `python -m audit_service COMMAND...`; (exit code, last output line)."""
         try:
             result = subprocess.run(
-                [sys.executable, "-m", "audit_service", command],
+                [sys.executable, "-m", "audit_service", *command],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,

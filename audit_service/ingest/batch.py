@@ -1,6 +1,6 @@
 """The batch transaction: the one place where events become chained records.
 
-Contract of `commit_batch` (the core promise of SPEC section 5):
+Contract of `commit_prepared` (the core promise of SPEC section 5):
 - It runs ONE database transaction for the whole polled batch and commits it; only after
   it returns may the caller commit the offsets to Kafka.
 - It MUST lock the partitions' offset rows, then the tenants' heads, each in sorted order,

@@ -54,9 +54,9 @@ class CheckpointDuty:
             self.publisher.notify(tenants)
 
     def sweep(self, engine: Engine, *, every_grown: bool = False) -> None:
-        """Sign the trees that grew and went quiet for checkpoint_every_s (at most every
-        sweep interval) or, with `every_grown`, every tree that grew (a clean stop). A
-        failure is logged and left to the next sweep: chaining never waits for it."""
+        """Sign the trees that grew since a checkpoint older than checkpoint_every_s (at
+        most once per sweep interval) or, with `every_grown`, every tree that grew (a clean
+        stop). A failure is logged and left to the next sweep: chaining never waits."""
         now = time.monotonic()
         if not every_grown and now < self._next_sweep:
             return

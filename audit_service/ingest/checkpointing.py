@@ -1,9 +1,9 @@
 """Signing checkpoints on the write path: the daemon's key, its policy, and the notes.
 
 A checkpoint is signed inside the transaction that commits the records it covers (or, for
-a tree that grew and then went quiet, in a short transaction of its own), so the database
-never holds a checkpoint of records it does not hold. Publishing it to the sink comes after
-the commit (see publisher).
+a tree that grew less than checkpoint_every_records before checkpoint_every_s passed, in a
+short transaction of its own), so the database never holds a checkpoint of records it does
+not hold. Publishing it to the sink comes after the commit (see publisher).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from audit_service.storage.store import ChainStore, NewCheckpoint
 
 SWEEP_MIN_S: Final = 0.25
 SWEEP_MAX_S: Final = 5.0
-"""Bounds on how often the loop looks for trees that went quiet: a quiet tree is signed
+"""Bounds on how often the loop looks for trees due by time: such a tree is signed
 within checkpoint_every_s plus at most this long."""
 PRIVATE_MODE_BITS: Final = stat.S_IRWXG | stat.S_IRWXO
 """A signer key readable by anyone but its owner is refused, as ssh refuses such keys."""
@@ -146,7 +146,7 @@ def checkpointer_from(settings: Settings) -> Checkpointer | None:
 def sign_grown_trees(
     engine: Engine, checkpointer: Checkpointer, now: datetime, *, every_grown: bool = False
 ) -> list[str]:
-    """Checkpoint, in one transaction, the trees that grew and then went quiet for
+    """Checkpoint, in one transaction, the trees that grew since a checkpoint older than
     `checkpoint_every_s` (all that grew with `every_grown`: a clean shutdown); returns the
     tenants signed. Busy tenants are skipped: their batches checkpoint them."""
     signed_before = None if every_grown else now - timedelta(seconds=checkpointer.policy.every_s)

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 RETRY_S: Final = 5.0
 """Pause before publishing again after the sink or the database failed."""
+CATCH_UP_S: Final = 60.0
+"""How often a quiet publisher compares every tenant's checkpoints with the sink anyway:
+a commit that succeeded but reported a failure (the connection dropped during COMMIT) is
+retried as "already committed", and its checkpoints are then never notified."""
 
 
 @dataclass
@@ -86,14 +90,24 @@ class CheckpointPublisher:
                         "publishes them", extra={"pending": self.status.pending})
 
     def _run(self) -> None:
+        try:
+            self._publish_until_stopped()
+        except Exception as exc:  # a bug: say so loudly, /ready shows it until a restart
+            log.exception("the checkpoint publisher stopped; checkpoints are no longer "
+                          "published until the service restarts")
+            with self._changed:
+                self._set_status(replace(self.status, error=f"publisher stopped: {exc}"))
+
+    def _publish_until_stopped(self) -> None:
         failed = False
         while True:
             with self._changed:
                 if failed:  # retry after a pause, whatever was notified meanwhile
                     self._changed.wait_for(lambda: self._stopping, timeout=self._retry_s)
-                else:
-                    self._changed.wait_for(
-                        lambda: self._stopping or bool(self._pending) or self._catch_up)
+                elif not self._changed.wait_for(
+                        lambda: self._stopping or bool(self._pending) or self._catch_up,
+                        timeout=CATCH_UP_S):
+                    self._catch_up = True
                 tenants, self._pending = self._pending, set()
                 catch_up, stopping = self._catch_up, self._stopping
                 self._notified_at_start = self._notified
@@ -126,6 +140,7 @@ class CheckpointPublisher:
             self._pending |= tenants
             count = self.status.pending if pending is None else (
                 pending + self._notified_since_start())
+            count = max(count, len(tenants))  # each failed tenant has one or more
             if self.status.error != error:
                 log.error("cannot publish checkpoints to the sink; chaining goes on, they are "
                           "retried", extra={"error": error, "pending": count,

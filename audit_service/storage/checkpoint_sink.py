@@ -22,6 +22,9 @@ from audit_service.storage.reader import AuditReader
 
 TAIL_CHUNK_BYTES: Final = 8192
 """Read backwards in steps of this size to find a file's last line."""
+PUBLISH_CHUNK_TENANTS: Final = 500
+"""Tenants per query when publishing: what the sink lacks is read a chunk at a time, so a
+first publication into an empty sink does not hold every note in memory at once."""
 FILE_MODE: Final = 0o644
 """Checkpoints are public: anyone may verify them."""
 
@@ -71,7 +74,7 @@ class DirectorySink:
         path = self.path(tenant_id)
         try:
             created = not path.exists()
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
             with os.fdopen(fd, "r+b") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 last = _last_size(handle, path)
@@ -143,18 +146,20 @@ def publish_missing(reader: AuditReader, sink: CheckpointSink,
     or interrupted at any point without losing or duplicating a checkpoint. A database
     failure propagates; a sink failure is reported per tenant."""
     publication = Publication()
-    published: dict[str, int] = {}
-    for tenant in sorted(set(tenants)):
-        try:
-            published[tenant] = sink.last_size(tenant)
-        except SinkError as exc:
-            publication.failures[tenant] = str(exc)
-    missing = reader.checkpoints_after(published)
-    for tenant, group in itertools.groupby(missing, key=lambda c: c.tenant_id):
-        checkpoints = list(group)
-        try:
-            publication.appended += sink.append(tenant, checkpoints)
-        except SinkError as exc:
-            publication.failures[tenant] = str(exc)
-            publication.left += len(checkpoints)
+    ordered = sorted(set(tenants))
+    for start in range(0, len(ordered), PUBLISH_CHUNK_TENANTS):
+        published: dict[str, int] = {}
+        for tenant in ordered[start:start + PUBLISH_CHUNK_TENANTS]:
+            try:
+                published[tenant] = sink.last_size(tenant)
+            except SinkError as exc:
+                publication.failures[tenant] = str(exc)
+        missing = reader.checkpoints_after(published)
+        for tenant, group in itertools.groupby(missing, key=lambda c: c.tenant_id):
+            checkpoints = list(group)
+            try:
+                publication.appended += sink.append(tenant, checkpoints)
+            except SinkError as exc:
+                publication.failures[tenant] = str(exc)
+                publication.left += len(checkpoints)
     return publication

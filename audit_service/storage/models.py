@@ -223,6 +223,7 @@ class AuditCheckpoint(Base):
         {"comment": "Signed checkpoints per tenant; append-only."},
     )
 
+
 class AuditReconciliationLog(Base):
     """One row per `reconcile` run: the topic checked against the store (SPEC section 9)."""
 

@@ -1,6 +1,6 @@
 """The write path's database operations: every query the daemon runs is a named method.
 
-All methods run inside the caller's transaction (one per batch, see `batch.process_batch`);
+All methods run inside the caller's transaction (one per batch, see `ingest.batch.commit_prepared`);
 none of them commits. Lock order is fixed to avoid deadlocks between instances:
 partition offset rows first (sorted by partition), then tenant heads (sorted by tenant).
 """

@@ -18,6 +18,7 @@ from running_daemon import answering, http_get
 from support import (
     ServiceProcesses,
     chained_at_least,
+    make_signer_files,
     produce_events,
     scalar,
     service_processes,
@@ -25,7 +26,6 @@ from support import (
 )
 
 from audit_service.config import Settings
-from audit_service.core.signed_note import generate_signer
 from audit_service.dev.devstack import free_port
 
 TENANTS = ("tenant-a", "tenant-b", ".", "..")
@@ -41,10 +41,7 @@ def daemons(tmp_path: Path) -> Iterator[ServiceProcesses]:
 
 
 def _key_file(directory: Path) -> Path:
-    path = directory / "sink-test.key"
-    path.write_text(generate_signer("sink-test").to_text() + "\n")
-    path.chmod(0o600)
-    return path
+    return make_signer_files(directory, "sink-test")[0]
 
 
 def _environ(key: Path, sink: Path, port: int) -> dict[str, str]:

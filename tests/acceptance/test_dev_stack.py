@@ -1,5 +1,5 @@
-"""Acceptance: `audit-service dev` (what `make run` starts) ends with a verify and a
-reconcile of the topic with the store, both clean.
+"""Acceptance: `audit-service dev` (what `make run` starts) ends with a verify of the
+chains and their signed checkpoints and a reconcile of the topic with the store, all clean.
 
 It starts its own embedded PostgreSQL and Tansu broker, like a newcomer's first run.
 """
@@ -7,6 +7,7 @@ It starts its own embedded PostgreSQL and Tansu broker, like a newcomer's first 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,8 @@ def test_the_dev_stack_ends_with_a_clean_verify_and_reconcile() -> None:
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout + result.stderr
     [summary] = [line for line in lines if line.startswith("summary: ")]
-    assert "| verify: OK" in summary and "| rejected 1 |" in summary
+    assert "| verify: OK (" in summary and "| rejected 1 |" in summary
+    verified = re.search(r"verify: OK \((\d+) checkpoints verified\)", summary)
+    assert verified and int(verified.group(1)) >= 3, summary  # one per tenant at least
     assert lines[-1].startswith("reconcile: OK, 4 partitions, "), lines[-3:]
     assert "1 rejected, 0 redelivered), 0 pending" in lines[-1]

@@ -26,9 +26,10 @@ from audit_service.broker.topic import (
     FETCH_MAX_WAIT_MS,
     PROBE_TIMEOUT_MS,
     log_ranges,
+    open_consumer,
 )
 from audit_service.config import Settings
-from audit_service.core.errors import ConnectionFailure, TransientError
+from audit_service.core.errors import TransientError
 from audit_service.core.messages import ConsumedMessage
 from audit_service.core.offset_policy import TopicLog
 
@@ -88,29 +89,24 @@ class AuditConsumer:
         self._probe: KafkaConsumer | None = None
         self._seen_topic_id: str | None = None
         self.resumed_topic_id: str | None = None  # set by the daemon once all are placed
-        try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=self._bootstrap,
-                group_id=settings.consumer_group,
-                client_id="audit-service",
-                enable_auto_commit=False,
-                # Never let the client pick a position: see the module docstring.
-                auto_offset_reset="none",
-                # The topic is provisioned (partitions, retention); a broker default would
-                # silently differ.
-                allow_auto_create_topics=False,
-                max_poll_records=settings.batch_size,
-                session_timeout_ms=settings.kafka_session_timeout_ms,
-                heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-                max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-                fetch_max_bytes=max(52_428_800, settings.max_event_bytes * 2),
-                max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 2),
-                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            )
-        except KafkaError as exc:
-            raise ConnectionFailure(
-                f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
-            ) from exc
+        self._consumer = open_consumer(
+            settings.kafka_bootstrap_servers,
+            group_id=settings.consumer_group,
+            client_id="audit-service",
+            enable_auto_commit=False,
+            # Never let the client pick a position: see the module docstring.
+            auto_offset_reset="none",
+            # The topic is provisioned (partitions, retention); a broker default would
+            # silently differ.
+            allow_auto_create_topics=False,
+            max_poll_records=settings.batch_size,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+            fetch_max_bytes=max(52_428_800, settings.max_event_bytes * 2),
+            max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes * 2),
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        )
         if settings.kafka_partitions:
             self._consumer.assign([self._tp(p) for p in settings.kafka_partitions])
             self._hold(settings.kafka_partitions, reason="kafka_partitions", new=True)

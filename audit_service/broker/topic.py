@@ -39,18 +39,22 @@ PROBE_TIMEOUT_MS = 10_000
 PROBE_POLL_MS = 100
 
 
+def open_consumer(bootstrap_servers: str, **options: Any) -> KafkaConsumer:
+    """A KafkaConsumer of the comma-separated `bootstrap_servers`; a broker that cannot be
+    reached is a ConnectionFailure naming it, whoever asked."""
+    try:
+        return KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","), **options)
+    except KafkaError as exc:
+        raise ConnectionFailure(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+
+
 def topic_partitions(settings: Settings, timeout_ms: int) -> list[int]:
     """The configured topic's partitions (empty if it does not exist), for check-config."""
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-            client_id="audit-service-check", allow_auto_create_topics=False,
-            bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-        )
-    except KafkaError as exc:
-        raise ConnectionFailure(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
-        ) from exc
+    consumer = open_consumer(
+        settings.kafka_bootstrap_servers, client_id="audit-service-check",
+        allow_auto_create_topics=False, bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
     try:
         return sorted(consumer.partitions_for_topic(settings.kafka_topic) or [])
     except KafkaError as exc:
@@ -67,14 +71,11 @@ def high_watermarks(bootstrap_servers: str, topic: str, timeout_ms: int) -> dict
     assign all partitions, seek to that (possibly short) end and poll until each partition
     has reported one.
     """
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers.split(","), client_id="audit-service-status",
-            enable_auto_commit=False, allow_auto_create_topics=False,
-            bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-        )
-    except KafkaError as exc:
-        raise ConnectionFailure(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+    consumer = open_consumer(
+        bootstrap_servers, client_id="audit-service-status", enable_auto_commit=False,
+        allow_auto_create_topics=False, bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
@@ -231,21 +232,16 @@ class TopicReader:
 
     def __init__(self, settings: Settings, timeout_ms: int = PROBE_TIMEOUT_MS):
         self.topic = settings.kafka_topic
-        try:
-            self._client = KafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-                group_id=None, client_id="audit-service-reconcile", enable_auto_commit=False,
-                auto_offset_reset="none", allow_auto_create_topics=False,
-                bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
-                fetch_max_bytes=max(52_428_800, settings.max_event_bytes * 2),
-                # One partition is read at a time: let each fetch carry a large share of it.
-                max_partition_fetch_bytes=max(16_777_216, settings.max_event_bytes * 2),
-                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            )
-        except KafkaError as exc:
-            raise ConnectionFailure(
-                f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
-            ) from exc
+        self._client = open_consumer(
+            settings.kafka_bootstrap_servers,
+            group_id=None, client_id="audit-service-reconcile", enable_auto_commit=False,
+            auto_offset_reset="none", allow_auto_create_topics=False,
+            bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms,
+            fetch_max_bytes=max(52_428_800, settings.max_event_bytes * 2),
+            # One partition is read at a time: let each fetch carry a large share of it.
+            max_partition_fetch_bytes=max(16_777_216, settings.max_event_bytes * 2),
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        )
 
     def partitions(self) -> list[int]:
         """The topic's partitions; ConnectionFailure when the topic does not exist."""

@@ -135,10 +135,13 @@ def checkpointer_from(settings: Settings) -> Checkpointer | None:
         return None
     signer = load_signer(settings.checkpoint_key_file)
     origin = settings.checkpoint_origin or signer.name
-    try:
-        tenant_origin(origin, "t")
-    except ValueError as exc:
-        raise ConfigurationError(f"checkpoint_origin: {exc}") from None
+    if settings.checkpoint_origin is None:  # Settings checked an origin that was given
+        try:
+            tenant_origin(origin, "t")
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the key's name cannot be the checkpoint origin ({exc}): set "
+                "checkpoint_origin") from None
     policy = CheckpointPolicy(settings.checkpoint_every_records, settings.checkpoint_every_s)
     return Checkpointer(signer, origin, policy)
 

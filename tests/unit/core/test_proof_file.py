@@ -8,6 +8,10 @@ import base64
 import copy
 import json
 import random
+import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,10 @@ SMALL_SIZES = range(1, 71)
 LARGE_SIZES = (127, 128, 129, 1000, 1024, 1025)
 SAMPLES_PER_LARGE_SIZE = 12
 VERIFIERS = (SIGNER.verifier(),)
-VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "chain.jsonl"
+ROOT = Path(__file__).resolve().parents[3]
+VECTORS = ROOT / "tests" / "vectors" / "chain.jsonl"
+HASH_DOC = ROOT / "docs" / "hash-chain.md"
+SUBPROCESS_TIMEOUT_S = 30
 
 ProofDict = dict[str, Any]
 Mutation = Callable[[ProofDict], None]
@@ -371,3 +378,87 @@ def test_the_checks_do_not_depend_on_the_json_layout() -> None:
     proof = inclusion_file(4, 9)
     compact = json.dumps(proof, separators=(",", ":"), ensure_ascii=False).encode()
     assert parse_proof_file(compact).verify(VERIFIERS) == check(proof)
+
+
+# --- The programs printed in docs/hash-chain.md ----------------------------------------
+
+
+def _documented_program(marker: str) -> str:
+    """The fenced code block in docs/hash-chain.md whose first line names `marker`."""
+    for block in re.findall(r"```[a-z]*\n(.*?)```", HASH_DOC.read_text(), flags=re.S):
+        if marker in block.splitlines()[0]:
+            return block
+    raise AssertionError(f"no code block starting with {marker!r} in {HASH_DOC}")
+
+
+def _mutated(make: Callable[[], ProofDict], mutate: Mutation) -> Callable[[], ProofDict]:
+    def build() -> ProofDict:
+        proof = make()
+        mutate(proof)
+        return proof
+    return build
+
+
+HONEST = [lambda: inclusion_file(0, 1), lambda: inclusion_file(5, 13),
+          lambda: inclusion_file(64, 65), lambda: consistency_file(5, 13),
+          lambda: consistency_file(4, 13), lambda: consistency_file(13, 13)]
+TAMPERED = [
+    _mutated(lambda: inclusion_file(5, 13), _hash_changed("inclusion_proof", 2)),
+    _mutated(lambda: inclusion_file(5, 13), _record(record_hash=RECORDS[6]["record_hash"])),
+    _mutated(lambda: inclusion_file(5, 13), _set(leaf_index=6, sequence_number=6)),
+    _mutated(lambda: inclusion_file(5, 13), _set(tree_size=14)),
+    _mutated(lambda: inclusion_file(5, 13), _set(checkpoint=note(13, signer=STRANGER))),
+    _mutated(lambda: inclusion_file(5, 13), _set(checkpoint=note(13, tenant=OTHER_TENANT))),
+    _mutated(lambda: inclusion_file(5, 13), _note_edited("checkpoint", "\n13\n", "\n14\n")),
+    _mutated(lambda: consistency_file(4, 13), _hash_changed("consistency_proof", 0)),
+    _mutated(lambda: consistency_file(5, 13), lambda p: p["consistency_proof"].pop()),
+    _mutated(lambda: consistency_file(5, 13), _set(new_checkpoint=note(13, root=OTHER_ROOT))),
+    _mutated(lambda: consistency_file(5, 13), _swapped),
+    _mutated(lambda: consistency_file(13, 13), _set(consistency_proof=[b64(OTHER_ROOT)])),
+]
+
+
+@pytest.mark.parametrize(("interpreter", "marker"), [
+    (sys.executable, "verify_proof.py"),
+    ("node", "verify_proof.js"),
+], ids=["python", "node"])
+def test_the_documented_programs_check_both_kinds_of_proof(
+        tmp_path: Path, interpreter: str, marker: str) -> None:
+    executable = shutil.which(interpreter)
+    if executable is None:
+        pytest.skip(f"{interpreter} is not installed")
+    program = tmp_path / marker
+    program.write_text(_documented_program(marker))
+    key = tmp_path / "audit-proofs.pub"
+    key.write_text(SIGNER.verifier().to_text() + "\n")
+    proof_path = tmp_path / "proof.json"
+
+    def run(proof: ProofDict) -> subprocess.CompletedProcess[str]:
+        proof_path.write_bytes(encoded(proof))
+        return subprocess.run([executable, str(program), str(proof_path), str(key)],
+                              capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+
+    for make in HONEST:
+        proof = make()
+        done = run(proof)
+        assert done.returncode == 0, (proof, done.stdout + done.stderr)
+        assert done.stdout.startswith("OK: ")
+    for make in TAMPERED:
+        proof = make()
+        done = run(proof)
+        assert done.returncode == 1, (proof, done.stdout + done.stderr)
+        assert done.stderr.startswith("INVALID: "), done.stderr
+
+
+def test_the_documented_python_program_checks_the_record_itself(tmp_path: Path) -> None:
+    program = tmp_path / "verify_proof.py"
+    program.write_text(_documented_program("verify_proof.py"))
+    key = tmp_path / "audit-proofs.pub"
+    key.write_text(SIGNER.verifier().to_text() + "\n")
+    proof = inclusion_file(5, 13)
+    proof["record"]["actor_id"] = "mallory"
+    (tmp_path / "proof.json").write_bytes(encoded(proof))
+    done = subprocess.run([sys.executable, str(program), str(tmp_path / "proof.json"), str(key)],
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert (done.returncode, done.stderr) == (
+        1, "INVALID: the record does not hash to its record_hash\n")

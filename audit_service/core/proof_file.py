@@ -125,11 +125,17 @@ def parse_proof_file(data: bytes) -> ProofFile:
     try:
         fields = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys,
                             parse_constant=_no_constant)
+    except ProofError:
+        raise
     except UnicodeDecodeError as exc:
         raise ProofFileError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ProofFileError(
             f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise ProofFileError("not JSON this verifier reads: an integer far too long") from None
+    except RecursionError:
+        raise ProofFileError("not JSON this verifier reads: nested too deeply") from None
     if not isinstance(fields, dict):
         raise ProofFileError(f"a JSON {type(fields).__name__}, not an object")
     kinds = {"inclusion_proof", "consistency_proof"} & fields.keys()

@@ -368,6 +368,8 @@ def test_json_constants_are_refused() -> None:
     (b'{"tenant_id": ', "not JSON"),
     (b"{} trailing junk", "not JSON (Extra data at line 1 column 4)"),
     (b"[1, 2]", "a JSON list, not an object"),
+    (b'{"tree_size": ' + b"9" * 5000 + b"}", "an integer far too long"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
 ])
 def test_what_is_not_a_json_object_is_not_a_proof_file(data: bytes, reason: str) -> None:
     with pytest.raises(ProofFileError, match=reason.replace("(", r"\(").replace(")", r"\)")):

@@ -560,6 +560,39 @@ def verify(ctx: Context, database_url: str | None, tenant: str | None, from_seq:
         _verify_files_with_checkpoints(files, checkpoints, expect_head, as_json)
 
 
+@main.command("verify-proof")
+@click.argument("proof_path", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--public-key", "public_keys", multiple=True, required=True, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="A verifier key file (NAME.pub from keygen); repeat it for keys rotated "
+                   "out.")
+@guarded
+def verify_proof(ctx: Context, proof_path: str, public_keys: tuple[str, ...]) -> None:
+    """Check an inclusion or consistency proof file from `prove`, offline; exit 1 if invalid.
+
+    No database and no configuration: the signatures of its checkpoints (by a --public-key),
+    that they name the file's tenant and sizes, the record's own hash, and the RFC 9162
+    proof against the signed roots. FILE may be - for stdin.
+    """
+    from audit_service.auditing.checkpoint_verify import load_verifiers
+    from audit_service.core.errors import ConfigurationError
+    from audit_service.core.merkle import ProofError
+    from audit_service.core.proof_file import ProofFileError, parse_proof_file
+
+    verifiers = load_verifiers(public_keys)
+    try:
+        data = sys.stdin.buffer.read() if proof_path == "-" else Path(proof_path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {proof_path}: {exc.strerror}") from None
+    try:
+        click.echo(f"valid: {parse_proof_file(data).verify(verifiers)}")
+    except ProofFileError as exc:
+        raise ConfigurationError(f"{proof_path} is not a proof file: {exc}") from None
+    except ProofError as exc:
+        click.echo(f"invalid: {exc}")
+        sys.exit(1)
+
+
 @main.command()
 @_database_option
 @click.option("--tenant", required=True, help="The tenant whose chain to export.")

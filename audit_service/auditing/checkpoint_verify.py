@@ -27,14 +27,13 @@ from audit_service.core.checkpoint import (
     Checkpoint,
     CheckpointError,
     SignedCheckpoint,
-    parse_checkpoint,
-    tenant_from_origin,
+    open_tenant_checkpoint,
     tenant_of_sink_file,
 )
 from audit_service.core.encoding import b64encode
 from audit_service.core.errors import ConfigurationError
 from audit_service.core.merkle import HASH_SIZE, CompactRange, leaf_hash
-from audit_service.core.signed_note import PRIVATE_KEY_PREFIX, NoteError, VerifierKey, open_note
+from audit_service.core.signed_note import PRIVATE_KEY_PREFIX, NoteError, VerifierKey
 
 MAX_FAILURES: Final = 20
 """Failures kept per tenant; a rewritten chain fails every later checkpoint, and the first
@@ -242,21 +241,9 @@ def _line_problem(
     if line.tenant_id != tenant_id:
         return f"the line says tenant_id {line.tenant_id!r} in the file of {tenant_id!r}"
     try:
-        text = open_note(line.note, verifiers).text
-    except NoteError as exc:
-        return f"signature not accepted: {exc}"
-    try:
-        checkpoint = parse_checkpoint(text)
+        checkpoint = open_tenant_checkpoint(line.note, tenant_id, verifiers)
     except CheckpointError as exc:
-        return f"the signed text is not a checkpoint: {exc}"
-    # The verifier does not know the service's checkpoint_origin (it defaults to the key's
-    # name, so it changes with a rotation); the tenant is whatever follows the last '/'.
-    prefix, _, named = checkpoint.origin.rpartition("/")
-    try:
-        if tenant_from_origin(prefix, checkpoint.origin) != tenant_id:
-            raise CheckpointError(f"it names tenant {named!r}")
-    except CheckpointError as exc:
-        return f"origin {checkpoint.origin[:160]!r} is not <origin>/{tenant_id} ({exc})"
+        return str(exc)
     if (checkpoint.size, checkpoint.root) != (line.tree_size, line.root_hash):
         return (f"the line's tree_size {line.tree_size} and root_hash "
                 f"{b64encode(line.root_hash)} differ from the signed {checkpoint.size} and "

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from audit_service.core.encoding import b64decode, b64encode
 from audit_service.core.event_schema import TENANT_ID_PATTERN
 from audit_service.core.merkle import HASH_SIZE, MAX_TREE_SIZE
-from audit_service.core.signed_note import NoteError, check_key_name, check_note_text
+from audit_service.core.signed_note import (
+    NoteError,
+    VerifierKey,
+    check_key_name,
+    check_note_text,
+    open_note,
+)
 
 TENANT_ID: Final = re.compile(TENANT_ID_PATTERN)
 """A tenant id (SPEC section 2), the event schema's rule: it never holds '/'."""
@@ -98,6 +105,35 @@ def tenant_from_origin(origin: str, origin_line: str) -> str:
     tenant_id = origin_line[len(prefix) :]
     _check_tenant_id(tenant_id)
     return tenant_id
+
+
+def open_tenant_checkpoint(
+    note: str, tenant_id: str, verifiers: Iterable[VerifierKey]
+) -> Checkpoint:
+    """The checkpoint a signed note states for `tenant_id`, or CheckpointError saying why not.
+
+    A known key must have signed it (`open_note`), its text must be a checkpoint, and its
+    origin must end in `/<tenant_id>`. Whatever precedes the last '/' is not checked: a
+    verifier does not know the service's checkpoint_origin (it defaults to the key's name,
+    so it changes with a rotation).
+    """
+    try:
+        text = open_note(note, verifiers).text
+    except NoteError as exc:
+        raise CheckpointError(f"signature not accepted: {exc}") from None
+    try:
+        checkpoint = parse_checkpoint(text)
+    except CheckpointError as exc:
+        raise CheckpointError(f"the signed text is not a checkpoint: {exc}") from None
+    prefix, _, named = checkpoint.origin.rpartition("/")
+    try:
+        if tenant_from_origin(prefix, checkpoint.origin) != tenant_id:
+            raise CheckpointError(f"it names tenant {named!r}")
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"origin {checkpoint.origin[:160]!r} is not <origin>/{tenant_id} ({exc})"
+        ) from None
+    return checkpoint
 
 
 def _check_service_origin(origin: str) -> None:

@@ -80,8 +80,10 @@ def prove_consistency(
     with tree_reader(engine, tenant_id) as reader:
         new = _checkpoint(reader, new_size)
         if old_size > new.tree_size:
+            newer = ("the newest checkpoint's tree size" if new_size is None
+                     else "--to-size")
             raise ConfigurationError(
-                f"tenant {tenant_id!r}: --from-size {old_size} is larger than --to-size "
+                f"tenant {tenant_id!r}: --from-size {old_size} is larger than {newer} "
                 f"{new.tree_size}")
         old = _checkpoint(reader, old_size)
         old_root, new_root = _signed_root(old), _signed_root(new)

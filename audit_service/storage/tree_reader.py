@@ -82,8 +82,8 @@ def tree_reader(engine: Engine, tenant_id: str) -> Iterator[TreeReader]:
     """A TreeReader on one read-only REPEATABLE READ snapshot, closed afterwards."""
     with (
         translated_errors(f"reading the tree of tenant {tenant_id!r}"),
-        engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection,
+        engine.connect().execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True) as connection,
         connection.begin(),
     ):
-        connection.execute(text("SET TRANSACTION READ ONLY"))
         yield TreeReader(connection, tenant_id)

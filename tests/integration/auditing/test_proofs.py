@@ -9,6 +9,7 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,7 +113,7 @@ def test_proofs_match_the_rfc_reference_and_the_signed_roots(
 
 
 def test_the_cli_prints_the_documents_and_defaults_to_the_newest_checkpoint(
-    chained: Engine
+    chained: Engine, tmp_path: Path
 ) -> None:
     code, stdout, stderr = _prove(chained, "inclusion", "--tenant", TENANT, "--sequence", "300")
     assert code == 0, stderr
@@ -123,6 +124,13 @@ def test_the_cli_prints_the_documents_and_defaults_to_the_newest_checkpoint(
     assert code == 0, stderr
     document = json.loads(stdout)
     assert (document["old_size"], document["new_size"]) == (301, SIZES[-1])
+
+    target = tmp_path / "proof.json"
+    args = ["consistency", "--tenant", TENANT, "--from-size", "301", "--output", str(target)]
+    assert _prove(chained, *args)[:2] == (0, "")
+    assert target.read_text() == stdout
+    code, _, stderr = _prove(chained, *args)
+    assert code == 2 and "already exists" in stderr, stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -814,6 +814,52 @@ def checkpoints_publish(ctx: Context, database_url: str | None) -> None:
             f"{len(publication.failures)} tenant(s) not published, first {tenant!r}: {reason}")
 
 
+@main.group()
+def prove() -> None:
+    """Inclusion and consistency proofs (RFC 9162) against the signed checkpoints, as JSON
+    for `verify-proof`; read-only (the audit_reader role is enough)."""
+
+
+@prove.command("inclusion")
+@_database_option
+@click.option("--tenant", required=True, help="The tenant whose tree holds the record.")
+@click.option("--sequence", type=click.IntRange(min=0), required=True,
+              help="The record's sequence_number (its leaf index).")
+@click.option("--tree-size", type=click.IntRange(min=1),
+              help="A checkpointed tree size (default: the newest checkpoint).")
+@click.option("--output", "-o", help="File to create (never overwritten); default stdout.")
+@guarded
+def prove_inclusion(ctx: Context, database_url: str | None, tenant: str, sequence: int,
+                    tree_size: int | None, output: str | None) -> None:
+    """Prove that one record is in the tree a checkpoint signed: the record, its
+    inclusion proof and the checkpoint. Exit 1 if the store no longer matches it."""
+    from audit_service.auditing.proofs import prove_inclusion, write_proof
+
+    with _reader(ctx, database_url) as reader:
+        document = prove_inclusion(reader.engine, tenant, sequence, tree_size)
+    click.echo(write_proof(document, output), nl=False)
+
+
+@prove.command("consistency")
+@_database_option
+@click.option("--tenant", required=True, help="The tenant whose tree to prove.")
+@click.option("--from-size", type=click.IntRange(min=1), required=True,
+              help="The older checkpointed tree size.")
+@click.option("--to-size", type=click.IntRange(min=1),
+              help="The newer checkpointed tree size (default: the newest checkpoint).")
+@click.option("--output", "-o", help="File to create (never overwritten); default stdout.")
+@guarded
+def prove_consistency(ctx: Context, database_url: str | None, tenant: str, from_size: int,
+                      to_size: int | None, output: str | None) -> None:
+    """Prove that the newer checkpoint's tree extends the older one's: nothing rewritten,
+    only records appended. Exit 1 if the store no longer matches them."""
+    from audit_service.auditing.proofs import prove_consistency, write_proof
+
+    with _reader(ctx, database_url) as reader:
+        document = prove_consistency(reader.engine, tenant, from_size, to_size)
+    click.echo(write_proof(document, output), nl=False)
+
+
 @main.command()
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".audit-dev"), show_default=True,

@@ -31,7 +31,7 @@ from audit_service.core.chain import (
 )
 from audit_service.core.events import EventRejected, ValidationLimits, parse_event
 from audit_service.core.linking import PendingRecord, canonical_parts, link, render
-from audit_service.core.merkle import leaf_hash
+from audit_service.core.merkle import Node, leaf_hash
 from audit_service.core.messages import ConsumedMessage
 from audit_service.core.outcomes import (
     REJECTED_CONFLICT,
@@ -39,6 +39,7 @@ from audit_service.core.outcomes import (
     BatchOutcome,
 )
 from audit_service.core.record_mapping import copy_line, row_values
+from audit_service.core.tiles import nodes_to_store
 from audit_service.core.tree_state import TreeState
 from audit_service.ingest.checkpointing import Checkpointer
 from audit_service.storage.engine import RecordRefused, translated_errors
@@ -60,6 +61,7 @@ class _BatchChainer:
         self.ingested_at = format_timestamp(now)
         self.heads: dict[str, ChainHead] = {}
         self.trees: dict[str, TreeState] = {}
+        self.tree_nodes: list[tuple[str, Node]] = []
         self.last_timestamps: dict[str, str] = {}
         self.outcome = BatchOutcome()
 
@@ -95,9 +97,14 @@ class _BatchChainer:
         """Move a tenant's head past a record just appended; every appended record, genesis
         included, must go through here, or its head is not saved with the batch (an empty
         head must never survive a commit that stored a genesis), and the record is a leaf
-        of the tenant's Merkle tree."""
+        of the tenant's Merkle tree (whose completed nodes at levels 8, 16, ... are kept
+        for proofs)."""
         self.heads[head.tenant_id] = head
-        self.trees[head.tenant_id].tree.append(leaf_hash(bytes.fromhex(head.last_hash)))
+        tree = self.trees[head.tenant_id].tree
+        # A plain loop: for 255 records in 256 the slice is empty, and a generator per
+        # record would cost more than the rare node.
+        for node in nodes_to_store(tree.append(leaf_hash(bytes.fromhex(head.last_hash)))):
+            self.tree_nodes.append((head.tenant_id, node))
         self.last_timestamps[head.tenant_id] = timestamp
         self.outcome.tenants.add(head.tenant_id)
 
@@ -178,6 +185,7 @@ class _BatchChainer:
                 known[key] = result.hash_parts
 
         self.store.copy_records(self.copy_lines)
+        self.store.insert_tree_nodes(self.tree_nodes)
         checkpoints = self.sign_due_checkpoints()
         self.store.save_heads(
             [(self.heads[t], self.last_timestamps[t], self.trees[t])

@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Text,
     UniqueConstraint,
     func,
@@ -221,6 +222,32 @@ class AuditCheckpoint(Base):
         CheckConstraint("tree_size > 0", name="tree_size_positive"),
         CheckConstraint("length(root_hash) = 32", name="root_hash_sha256"),
         {"comment": "Signed checkpoints per tenant; append-only."},
+    )
+
+
+class AuditTreeNode(Base):
+    """A kept inner node of a tenant's Merkle tree (C2SP tlog-tiles, tile height 8).
+
+    Only perfect subtrees at levels 8, 16, 24, ... are rows; the leaves are the records'
+    record_hash and the levels between are folded from these (see `core.tiles`): one row
+    per 256 records. Append-only, written in the batch transaction that completes them.
+    """
+
+    __tablename__ = "audit_tree_nodes"
+
+    tenant_id: Mapped[str] = mapped_column(Text)
+    level: Mapped[int] = mapped_column(SmallInteger, comment="8, 16, 24, ...")
+    node_index: Mapped[int] = mapped_column(
+        BigInteger, comment="the subtree over leaves [index * 2**level, (index + 1) * 2**level)")
+    hash: Mapped[bytes] = mapped_column(LargeBinary, comment="RFC 9162 hash of that subtree")
+
+    __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "level", "node_index"),
+        CheckConstraint("length(hash) = 32", name="hash_sha256"),
+        CheckConstraint("level > 0 AND level % 8 = 0", name="level_kept"),
+        CheckConstraint("node_index >= 0", name="node_index_valid"),
+        {"comment": "Inner nodes of each tenant's Merkle tree, levels 8, 16, ...; "
+                    "append-only."},
     )
 
 

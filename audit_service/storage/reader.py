@@ -57,11 +57,11 @@ def _hashed_column(field: str) -> ColumnElement[Any]:
     return column
 
 
-_RECORD_COLUMNS: Final = tuple(_hashed_column(field) for field in _RECORD_FIELDS)
+RECORD_COLUMNS: Final = tuple(_hashed_column(field) for field in _RECORD_FIELDS)
 _JSONB_INDEXES: Final = tuple(i for i, f in enumerate(_RECORD_FIELDS) if f in _JSONB_FIELDS)
 
 
-def _record(row: Sequence[Any]) -> dict[str, Any]:
+def hashed_record(row: Sequence[Any]) -> dict[str, Any]:
     """The hashed dict plus record_hash, exactly as it was hashed when chained."""
     values = list(row)
     for index in _JSONB_INDEXES:
@@ -359,7 +359,7 @@ class AuditReader:
         )
         table = AuditRecord.__table__
         statement = (
-            select(*_RECORD_COLUMNS)
+            select(*RECORD_COLUMNS)
             .where(table.c.tenant_id == tenant_id, table.c.sequence_number >= from_sequence)
             .order_by(table.c.sequence_number)
         )
@@ -378,7 +378,7 @@ class AuditReader:
                 stream_results=True, yield_per=STREAM_CHUNK_ROWS
             ).execute(statement)
             for row in rows:
-                yield _record(row)
+                yield hashed_record(row)
 
     def record_hash_at(self, tenant_id: str, sequence_number: int) -> str | None:
         """The stored record_hash of one record, or None when there is no such record."""

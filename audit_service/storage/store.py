@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from audit_service.core.chain import ChainHead
 from audit_service.core.checkpoint import SignedCheckpoint
-from audit_service.core.merkle import CompactRange
+from audit_service.core.merkle import CompactRange, Node
 from audit_service.core.record_mapping import COPY_COLUMNS, record_from_row
 from audit_service.core.tree_state import TreeState
 from audit_service.storage.engine import RecordRefused, translated_errors
@@ -264,6 +264,25 @@ class ChainStore:
                       "note": c.signed.note}
                      for c in checkpoints],
                 )
+
+    def insert_tree_nodes(self, nodes: Sequence[tuple[str, Node]]) -> None:
+        """Append the kept tree nodes (tenant, node) the batch completed: ONE statement
+        whatever their number (a batch of 2,000 records completes about eight)."""
+        if not nodes:
+            return
+        with translated_errors("storing tree nodes"):
+            self.session.execute(
+                text(
+                    "INSERT INTO audit_tree_nodes (tenant_id, level, node_index, hash) "
+                    "SELECT * FROM unnest(CAST(:tenants AS text[]), "
+                    "CAST(:levels AS smallint[]), CAST(:indexes AS bigint[]), "
+                    "CAST(:hashes AS bytea[]))"
+                ),
+                {"tenants": [tenant for tenant, _ in nodes],
+                 "levels": [node.level for _, node in nodes],
+                 "indexes": [node.index for _, node in nodes],
+                 "hashes": [node.hash for _, node in nodes]},
+            )
 
     def insert_rejections(self, rejections: Sequence[Rejection]) -> None:
         if rejections:

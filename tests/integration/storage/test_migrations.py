@@ -8,12 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from support import chain_of, scalar
+from tree_support import ORIGIN, Reference, chain_with_checkpoints
 
 from audit_service.core.errors import SchemaNotCurrentError
+from audit_service.core.signed_note import generate_signer
 from audit_service.storage.migrations import (
+    alembic_config,
     ensure_schema_current,
     head_revision,
     scripts_dir,
@@ -67,5 +73,47 @@ def test_alembic_itself_upgrades_from_the_repository_root(empty_database_url: st
     try:
         with engine.connect() as connection:
             ensure_schema_current(connection)
+    finally:
+        engine.dispose()
+
+
+def _tree_nodes(database_url: str) -> list[tuple[str, int, int, bytes]]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT tenant_id, level, node_index, hash FROM audit_tree_nodes "
+                "ORDER BY tenant_id, level, node_index").all()
+    finally:
+        engine.dispose()
+    return [(tenant, level, index, bytes(value)) for tenant, level, index, value in rows]
+
+
+def test_0005_stores_the_tree_nodes_of_chains_written_before_it(database_url: str) -> None:
+    signer = generate_signer(ORIGIN)
+    chain_with_checkpoints(database_url, signer, "tenant-a", [300, 300])
+    chain_with_checkpoints(database_url, signer, "tenant-b", [200])
+    written = _tree_nodes(database_url)
+
+    command.downgrade(alembic_config(database_url), "0004")
+    assert scalar(database_url, "SELECT to_regclass('audit_tree_nodes')") is None
+    upgrade_to_head(database_url)
+
+    records = chain_of(database_url, "tenant-a")
+    reference = Reference([bytes.fromhex(r["record_hash"]) for r in records])
+    assert len(records) == 601
+    assert _tree_nodes(database_url) == written == [
+        ("tenant-a", 8, 0, reference.mth(0, 256)), ("tenant-a", 8, 1, reference.mth(256, 512))]
+    assert scalar(database_url, (
+        "SELECT has_table_privilege('audit_writer', 'audit_tree_nodes', 'SELECT, INSERT') "
+        "AND NOT has_table_privilege('audit_writer', 'audit_tree_nodes', 'UPDATE') "
+        "AND has_table_privilege('audit_reader', 'audit_tree_nodes', 'SELECT') "
+        "AND NOT has_table_privilege('audit_reader', 'audit_tree_nodes', 'INSERT')"))
+    engine = create_engine(database_url)
+    try:
+        for statement in ("UPDATE audit_tree_nodes SET hash = hash", "DELETE FROM audit_tree_nodes",
+                          "TRUNCATE audit_tree_nodes"):
+            with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+                connection.execute(text(statement))
     finally:
         engine.dispose()

@@ -25,14 +25,18 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from support import chain_of, encode, produce, rejections, run_until_idle, scalar, wire_event
+from tree_support import ORIGIN, chain_with_checkpoints
 
+from audit_service.cli import main
 from audit_service.config import Settings
 from audit_service.core.events import ValidationLimits
 from audit_service.core.messages import ConsumedMessage
+from audit_service.core.signed_note import generate_signer
 from audit_service.ingest.batch import commit_batch
 from audit_service.storage.migrations import alembic_config, upgrade_to_head
 
@@ -254,6 +258,24 @@ def test_verify_works_as_the_read_only_auditor(
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "verify: OK, 2 chains, 4 records intact" in verify.stdout
     assert scalar(database_url, "SELECT count(*) FROM audit_verification_log") == 0
+
+
+def test_prove_works_as_the_read_only_auditor(
+    database_url: str, login_role: LoginRole,
+) -> None:
+    chain_with_checkpoints(database_url, generate_signer(ORIGIN), "tenant-a", [300])
+    auditor = {"AUDIT_DATABASE_URL": login_role(database_url, "IN ROLE audit_reader")}
+
+    inclusion = CliRunner().invoke(
+        main, ["prove", "inclusion", "--tenant", "tenant-a", "--sequence", "7"], env=auditor)
+    consistency = CliRunner().invoke(
+        main, ["prove", "consistency", "--tenant", "tenant-a", "--from-size", "301"],
+        env=auditor)
+
+    assert inclusion.exit_code == 0, inclusion.output
+    assert json.loads(inclusion.stdout)["tree_size"] == 301
+    assert consistency.exit_code == 0, consistency.output
+    assert json.loads(consistency.stdout)["consistency_proof"] == []
 
 
 def test_migrations_run_as_a_non_superuser_member_of_audit_owner(

@@ -203,3 +203,33 @@ def test_a_record_changed_without_rehashing_or_a_changed_node_is_caught(
     assert "no longer matches the signed checkpoint at tree size 601" in stderr, stderr
     code, _, stderr = _prove(chained, "consistency", "--tenant", TENANT, "--from-size", "301")
     assert code == 1 and "no longer matches" in stderr, stderr
+
+
+def test_what_prove_prints_verify_proof_accepts_and_only_with_the_signing_key(
+    chained: Engine, signer: SignerKey, tmp_path: Path
+) -> None:
+    # The two halves of issue 13 meet here: the service's own output, checked offline.
+    key = tmp_path / "audit.pub"
+    key.write_text(signer.verifier().to_text() + "\n")
+    other = tmp_path / "other.pub"
+    other.write_text(generate_signer(ORIGIN).verifier().to_text() + "\n")
+    inclusion, consistency = tmp_path / "inclusion.json", tmp_path / "consistency.json"
+    assert _prove(chained, "inclusion", "--tenant", TENANT, "--sequence", "300",
+                  "--tree-size", "451", "--output", str(inclusion))[0] == 0
+    assert _prove(chained, "consistency", "--tenant", TENANT, "--from-size", "151",
+                  "--output", str(consistency))[0] == 0
+
+    def verify(proof: Path, public_key: Path) -> tuple[int, str]:
+        result = CliRunner().invoke(main, ["verify-proof", str(proof), "--public-key",
+                                           str(public_key)])
+        return result.exit_code, result.stdout + result.stderr
+
+    code, output = verify(inclusion, key)
+    assert code == 0 and output.startswith(
+        f"valid: inclusion of tenant {TENANT!r} sequence 300 in tree size 451"), output
+    code, output = verify(consistency, key)
+    assert code == 0 and output.startswith(
+        f"valid: consistency of tenant {TENANT!r} tree size 151 -> {SIZES[-1]}"), output
+    for proof in (inclusion, consistency):
+        code, output = verify(proof, other)
+        assert code == 1 and output.startswith("invalid: "), output

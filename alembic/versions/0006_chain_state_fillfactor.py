@@ -11,16 +11,16 @@ doubled size is a few MB per 10,000 tenants.
 Existing pages keep their rows until they are updated or vacuumed; `VACUUM FULL
 audit_chain_state` in a maintenance window applies the fillfactor to all of them at once.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

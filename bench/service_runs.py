@@ -15,7 +15,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 from process_usage import Usage, UsageSampler
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from workload import wire_event
 
 from audit_service.dev.devstack import free_port
@@ -31,10 +31,42 @@ class ServiceRun:
     first_to_last_s: float
     usage: Usage
     verified: bool
+    counted: int
+    """Records committed after the first batch's commit: those the span paid for."""
+    genesis: PhaseRate | None = None
+    """Of a run where every tenant is new: its tenants' first events, then the rest."""
+    steady: PhaseRate | None = None
 
     @property
     def rate(self) -> float:
-        return self.events / self.first_to_last_s if self.first_to_last_s else 0.0
+        """Events/s from the first batch's commit to the last's (the first batch is not
+        counted: its work happened before the span began)."""
+        return self.counted / self.first_to_last_s if self.first_to_last_s else 0.0
+
+
+@dataclass
+class PhaseRate:
+    """Events/s over part of a run, from the commit times (ingested_at) of its records."""
+
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+_PHASE = text(
+    "SELECT count(*) FILTER (WHERE ingested_at > first), "
+    "EXTRACT(EPOCH FROM max(ingested_at) - min(ingested_at)) FROM "
+    "(SELECT ingested_at, min(ingested_at) OVER () AS first FROM audit_records "
+    "WHERE sequence_number > 0 AND (sequence_number = 1) = :first_events) AS phase"
+)
+
+
+def _phase(connection: Connection, first_events: bool) -> PhaseRate:
+    counted, seconds = connection.execute(_PHASE, {"first_events": first_events}).one()
+    return PhaseRate(counted, float(seconds or 0.0))
 
 
 def _env(database_url: str, bootstrap: str, topic: str, health_port: int) -> dict[str, str]:
@@ -58,10 +90,11 @@ def _verify(database_url: str) -> bool:
 
 def drain_with_service(
     database_url: str, bootstrap: str, topic: str, events: int, log_path: Path,
-    environ: dict[str, str] | None = None,
+    environ: dict[str, str] | None = None, phases: bool = False,
 ) -> ServiceRun:
     """Run the daemon over a pre-filled topic until idle; rate from first to last record.
-    `environ`: further AUDIT_* settings (checkpoints, say)."""
+    `environ`: further AUDIT_* settings (checkpoints, say). `phases`: also measure the
+    genesis phase (each tenant's first event) apart from the steady phase."""
     started = time.perf_counter()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -76,15 +109,18 @@ def drain_with_service(
         raise RuntimeError(f"daemon exited {code}; see {log_path}")
     engine = create_engine(database_url)
     with engine.connect() as connection:
-        count, first, last = connection.execute(text(
-            "SELECT count(*), EXTRACT(EPOCH FROM min(ingested_at)), "
-            "EXTRACT(EPOCH FROM max(ingested_at)) FROM audit_records "
-            "WHERE sequence_number > 0")).one()
+        count, counted, first, last = connection.execute(text(
+            "SELECT count(*), count(*) FILTER (WHERE ingested_at > first), "
+            "EXTRACT(EPOCH FROM first), EXTRACT(EPOCH FROM max(ingested_at)) FROM "
+            "(SELECT ingested_at, min(ingested_at) OVER () AS first FROM audit_records "
+            "WHERE sequence_number > 0) AS chained GROUP BY first")).one()
+        genesis = _phase(connection, True) if phases else None
+        steady = _phase(connection, False) if phases else None
     engine.dispose()
     if count != events:
         raise RuntimeError(f"expected {events} chained records, found {count}")
     return ServiceRun(events, wall, float(last - first), usage.result(float(first), float(last)),
-                      _verify(database_url))
+                      _verify(database_url), counted, genesis, steady)
 
 
 @dataclass

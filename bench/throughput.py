@@ -2,7 +2,8 @@
 
 Prints a table and writes bench/results/throughput.json. Sizes default to the issue's
 (200,000 events for the service, 1,000,000 for the RSS check, 10,000 for the baseline,
-60 s at 1,000 events/s for latency); `--quick` shrinks everything for a smoke run.
+60 s at 1,000 events/s for latency; the tenants table runs the same 200,000 events for 20,
+1,000 and 10,000 tenants, checkpoints on); `--quick` shrinks everything for a smoke run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from checkpoint_costs import EVERY_RECORDS, checkpoint_environ, tree_upkeep_us_p
 from naive import naive_rate
 from service_runs import ServiceRun, drain_with_service, steady_latency
 from stack import fill_topic, running_stack
-from workload import encoded_events
+from workload import DEFAULT_TENANTS, encoded_events
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,11 +33,15 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--naive-events", type=int, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--latency-rate", type=int, default=1000)
+    parser.add_argument("--tenants", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[1000, 10_000],
+                        help="tenant counts beside the workload's 20 (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.events, args.rss_events, args.naive_events = 20_000, 40_000, 1_000
         args.latency_seconds = 10.0
+        args.tenants = [1000]
     return args
 
 
@@ -62,6 +67,31 @@ def _cpu_profile(name: str, run: ServiceRun) -> str:
 def _service_result(run: ServiceRun) -> dict[str, object]:
     return asdict(run) | {"rate": run.rate,
                           "cpu_us_per_event": run.usage.cpu_us_per_event(run.events)}
+
+
+def _print_tenants(by_tenants: dict[int, ServiceRun], ceiling: float, big: ServiceRun) -> None:
+    """The tenants table (checkpoints on) and its targets' ratios."""
+    base = by_tenants[DEFAULT_TENANTS]
+    print(f"\n{'tenants':>8} {'events/s':>10} {'x 20 tenants':>13} {'peak RSS MiB':>13}  "
+          "genesis phase / steady phase (events/s)")
+    most = max(by_tenants)
+    for tenants, run in by_tenants.items():
+        # Only the largest count's first events span enough batches to time them apart.
+        phases = (f"{run.genesis.rate:,.0f} / {run.steady.rate:,.0f} = "
+                  f"{run.genesis.rate / run.steady.rate:.2f}"
+                  if tenants == most and run.genesis and run.steady and run.steady.rate
+                  else "")
+        print(f"{tenants:>8} {run.rate:>10,.0f} {run.rate / base.rate:>13.2f} "
+              f"{_total_rss(run):>13.0f}  {phases}")
+    print(f"{'service, checkpoints on / min(ceiling A, ceiling B)':52} "
+          f"{base.rate / ceiling:6.2f}")
+    print(f"{f'service at {most} tenants / at {DEFAULT_TENANTS} tenants':52} "
+          f"{by_tenants[most].rate / base.rate:6.2f}")
+    print(f"{f'peak RSS at {most} tenants / 1M-event run':52} "
+          f"{_total_rss(by_tenants[most]) / _total_rss(big):6.2f}")
+    for tenants, run in by_tenants.items():
+        if tenants != DEFAULT_TENANTS:
+            print(_cpu_profile(f"{tenants} tenants", run))
 
 
 def _say(message: str) -> None:
@@ -92,6 +122,16 @@ def main() -> None:
                                     stack.scratch / "service-checkpoints.log",
                                     checkpoint_environ(stack.scratch))
         del messages
+
+        by_tenants = {DEFAULT_TENANTS: signed}
+        for tenants in args.tenants:
+            _say(f"service, checkpoints on, {tenants} tenants over {args.events} events")
+            many = stack.new_topic()
+            fill_topic(stack.bootstrap, many, encoded_events(args.events, tenants=tenants))
+            by_tenants[tenants] = drain_with_service(
+                stack.new_database(), stack.bootstrap, many, args.events,
+                stack.scratch / f"service-{tenants}-tenants.log",
+                checkpoint_environ(stack.scratch), phases=True)
 
         _say(f"service: audit-service run over {args.rss_events} events (peak RSS)")
         big_topic = stack.new_topic()
@@ -131,6 +171,7 @@ def main() -> None:
     print(f"Merkle tree upkeep (always on): {upkeep:.1f} us of CPU per record = "
           f"{upkeep / total:.1%} of the service run's {total:.0f} us/event")
     print(_cpu_profile("RSS run", big))
+    _print_tenants(by_tenants, ceiling, big)
     print(f"latency at {args.latency_rate}/s over {latency.events} events (timestamp -> "
           f"ingested_at): p50 {latency.p50_ms:.0f} ms, p95 {latency.p95_ms:.0f} ms, "
           f"p99 {latency.p99_ms:.0f} ms, max {latency.max_ms:.0f} ms")
@@ -140,6 +181,7 @@ def main() -> None:
         "service_rss_run": _service_result(big), "ratios": ratios,
         "service_checkpoints": _service_result(signed), "tree_upkeep_us_per_record": upkeep,
         "latency_ms": vars(latency),
+        "tenants": {str(n): _service_result(run) for n, run in by_tenants.items()},
     })
     (RESULTS / "throughput.json").write_text(json.dumps(results, indent=2))
 

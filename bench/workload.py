@@ -1,4 +1,6 @@
-"""The benchmark workload: ~800-byte wire-format events for 20 tenants, reproducible."""
+"""The benchmark workload: ~800-byte wire-format events, reproducible, for any number of
+tenants (round robin, so with many tenants nearly every event of a batch is another
+tenant's)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,20 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-TENANTS = tuple(f"tenant-{index:02d}" for index in range(20))
+DEFAULT_TENANTS = 20
 
 
-def wire_event(index: int, moment: datetime) -> dict:
+def tenant_name(index: int, tenants: int = DEFAULT_TENANTS) -> str:
+    """The tenant of event `index`: `tenant-00` .. `tenant-19` with the default 20."""
+    width = max(2, len(str(tenants - 1)))
+    return f"tenant-{index % tenants:0{width}d}"
+
+
+def wire_event(index: int, moment: datetime, tenants: int = DEFAULT_TENANTS) -> dict:
     """A realistic alert.classified event of about 800 bytes once encoded."""
-    tenant = TENANTS[index % len(TENANTS)]
     return {
         "audit_id": str(uuid.UUID(int=index + 1, version=4)),
-        "tenant_id": tenant,
+        "tenant_id": tenant_name(index, tenants),
         "timestamp": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "event_type": "alert.classified",
         "severity": "warning" if index % 7 == 0 else "info",
@@ -41,8 +48,10 @@ def wire_event(index: int, moment: datetime) -> dict:
     }
 
 
-def encoded_events(count: int, start: int = 0) -> Iterator[tuple[bytes, bytes]]:
+def encoded_events(
+    count: int, start: int = 0, tenants: int = DEFAULT_TENANTS
+) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) messages; timestamps are the time of generation."""
     for index in range(start, start + count):
-        event = wire_event(index, datetime.now(UTC))
+        event = wire_event(index, datetime.now(UTC), tenants)
         yield event["tenant_id"].encode(), json.dumps(event, separators=(",", ":")).encode()

@@ -38,6 +38,11 @@ def test_upgrade_of_an_empty_database_matches_the_models(empty_database_url: str
         assert context.get_current_revision() == head_revision()
         assert compare_metadata(context, Base.metadata) == []
         ensure_schema_current(connection)
+        # Storage options autogenerate does not compare: the models' fillfactor is the DDL's.
+        options = connection.execute(text(
+            "SELECT reloptions FROM pg_class WHERE relname = 'audit_chain_state'")).scalar()
+        model = Base.metadata.tables["audit_chain_state"].dialect_options["postgresql"]["with"]
+        assert options == [f"{key}={value}" for key, value in model.items()] == ["fillfactor=50"]
     engine.dispose()
 
 

@@ -151,34 +151,47 @@ def counted_statements(engine: Engine) -> Iterator[list[int]]:
         event.remove(engine, "before_cursor_execute", count)
 
 
-def _timed(engine: Engine, calls: list[Callable[[], Any]]) -> dict[str, float]:
-    times = []
-    with counted_statements(engine) as statements:
-        for call in calls:
-            started = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+def _summary(times: list[float], statements: int) -> dict[str, float]:
+    times = sorted(times)
     return {"median_ms": round(statistics.median(times), 2),
             "p99_ms": round(times[min(len(times) - 1, round(0.99 * len(times)))], 2),
-            "statements_per_proof": round(len(statements) / len(calls), 1), "proofs": len(calls)}
+            "statements_per_proof": round(statements / len(times), 1), "proofs": len(times)}
+
+
+def _timed(engine: Engine, calls: list[tuple[str, Callable[[], Any]]],
+           rng: random.Random) -> dict[str, dict[str, float]]:
+    """Time every call, the rows' calls interleaved in a shuffled order: a change in the
+    machine's load then shifts every row alike instead of skewing the ratio between them."""
+    order = list(calls)
+    rng.shuffle(order)
+    times: dict[str, list[float]] = {name: [] for name, _ in calls}
+    statements = dict.fromkeys(times, 0)
+    for name, call in order:
+        with counted_statements(engine) as counted:
+            started = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - started) * 1000)
+        statements[name] += len(counted)
+    return {name: _summary(times[name], statements[name]) for name in times}
 
 
 def time_proofs(database_url: str, records: int) -> dict[str, dict[str, float]]:
     engine = create_engine(database_url)
     rng = random.Random(1)
     small, medium, almost, full = _checkpoint_sizes(records)
-    results = {}
+    calls: list[tuple[str, Callable[[], Any]]] = []
     try:
         prove_inclusion(engine, TENANT, 0, small)  # warm the pool and the plans
         for size in (small, medium, full):
             indexes = [rng.randrange(size) for _ in range(INCLUSION_SAMPLES)]
-            results[f"inclusion at {size:,}"] = _timed(engine, [
-                lambda i=i, s=size: prove_inclusion(engine, TENANT, i, s) for i in indexes])
+            calls += [(f"inclusion at {size:,}",
+                       lambda i=i, s=size: prove_inclusion(engine, TENANT, i, s))
+                      for i in indexes]
         for old in (small, medium, almost):
-            results[f"consistency {old:,} -> {full:,}"] = _timed(engine, [
-                lambda o=old: prove_consistency(engine, TENANT, o, full)
-            ] * CONSISTENCY_REPEATS)
+            calls += [(f"consistency {old:,} -> {full:,}",
+                       lambda o=old: prove_consistency(engine, TENANT, o, full))
+                      ] * CONSISTENCY_REPEATS
+        results = _timed(engine, calls, rng)
     finally:
         engine.dispose()
     return results

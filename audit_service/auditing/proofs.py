@@ -1,7 +1,7 @@
 """`prove`: inclusion and consistency proofs of a tenant's tree, against its checkpoints.
 
-A proof is built from tile storage (`core.tiles`, a handful of range reads whatever the
-tree's size) and checked before it is handed out: the record must hash to its
+A proof is built from tile storage (`core.tiles`: all its tiles in one statement,
+whatever the tree's size) and checked before it is handed out: the record must hash to its
 `record_hash`, and the proof must lead to the root the checkpoint's note signed. A store
 that no longer matches its signed checkpoint (records rewritten after it, a stored node
 changed) is an integrity failure with the reason; nothing is emitted then.
@@ -24,7 +24,9 @@ from audit_service.core.encoding import b64encode
 from audit_service.core.errors import ConfigurationError, IntegrityFailure
 from audit_service.core.merkle import (
     ProofError,
+    consistency_nodes,
     consistency_proof,
+    inclusion_nodes,
     inclusion_proof,
     leaf_hash,
     verify_consistency,
@@ -60,7 +62,9 @@ def prove_inclusion(
                                    f"{record['record_hash']}")
         leaf = leaf_hash(bytes.fromhex(record["record_hash"]))
         try:
-            proof = inclusion_proof(sequence_number, size, _tiles(reader, size).node)
+            tiles = TileReader.fetched(
+                size, inclusion_nodes(sequence_number, size), reader.tiles)
+            proof = inclusion_proof(sequence_number, size, tiles.node)
             verify_inclusion(leaf, sequence_number, size, proof, root)
         except (ProofError, TileError) as exc:
             raise IntegrityFailure(
@@ -88,8 +92,9 @@ def prove_consistency(
         old = _checkpoint(reader, old_size)
         old_root, new_root = _signed_root(old), _signed_root(new)
         try:
-            proof = consistency_proof(old.tree_size, new.tree_size,
-                                      _tiles(reader, new.tree_size).node)
+            tiles = TileReader.fetched(
+                new.tree_size, consistency_nodes(old.tree_size, new.tree_size), reader.tiles)
+            proof = consistency_proof(old.tree_size, new.tree_size, tiles.node)
             verify_consistency(old.tree_size, new.tree_size, old_root, new_root, proof)
         except (ProofError, TileError) as exc:
             raise IntegrityFailure(
@@ -116,10 +121,6 @@ def write_proof(document: dict[str, Any], output: str | None) -> str:
     except OSError as exc:
         raise ConfigurationError(f"cannot write {target}: {exc.strerror}") from None
     return ""
-
-
-def _tiles(reader: TreeReader, size: int) -> TileReader:
-    return TileReader(size, reader.leaves, reader.stored)
 
 
 def _checkpoint(reader: TreeReader, tree_size: int | None) -> CheckpointRow:

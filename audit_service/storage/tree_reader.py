@@ -1,20 +1,22 @@
 """Read-only queries a proof needs: checkpoints, one record, and tiles of the tree.
 
 All of a proof's reads run in ONE read-only REPEATABLE READ transaction, so a daemon
-committing meanwhile cannot show it a checkpoint newer than the rows it reads. A tile is
-one primary-key range scan: leaves are the records' `record_hash` (audit_records), the
-kept levels are rows of audit_tree_nodes.
+committing meanwhile cannot show it a checkpoint newer than the rows it reads. All the
+tiles a proof needs come in ONE statement, whatever the tree's size: a primary-key range
+scan per tile, of the records' `record_hash` (audit_records) for leaves and of
+audit_tree_nodes for the kept levels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, text
 
 from audit_service.core.merkle import leaf_hash
+from audit_service.core.tiles import Tile
 from audit_service.storage.engine import translated_errors
 from audit_service.storage.models import AuditRecord
 from audit_service.storage.reader import RECORD_COLUMNS, CheckpointRow, hashed_record
@@ -23,13 +25,20 @@ _CHECKPOINT = (
     "SELECT tenant_id, tree_size, root_hash, key_name, created_at, note "
     "FROM audit_checkpoints WHERE tenant_id = :tenant"
 )
-_LEAVES = text(
-    "SELECT record_hash FROM audit_records WHERE tenant_id = :tenant "
-    "AND sequence_number >= :start AND sequence_number < :end ORDER BY sequence_number"
-)
-_NODES = text(
-    "SELECT hash FROM audit_tree_nodes WHERE tenant_id = :tenant AND level = :level "
-    "AND node_index >= :start AND node_index < :end ORDER BY node_index"
+# One row per node, tagged with its tile: each tile of the arrays is one index range scan
+# of the table its level lives in (the other branch is cut by its `t.level` condition).
+_TILES = text(
+    "SELECT t.level, t.start, t.stop, n.hash FROM unnest(CAST(:levels AS integer[]), "
+    "CAST(:starts AS bigint[]), CAST(:ends AS bigint[])) AS t(level, start, stop) "
+    "CROSS JOIN LATERAL ("
+    "SELECT sequence_number AS position, decode(record_hash, 'hex') AS hash "
+    "FROM audit_records WHERE t.level = 0 AND tenant_id = :tenant "
+    "AND sequence_number >= t.start AND sequence_number < t.stop "
+    "UNION ALL "
+    "SELECT node_index, hash FROM audit_tree_nodes WHERE t.level > 0 "
+    "AND tenant_id = :tenant AND level = t.level "
+    "AND node_index >= t.start AND node_index < t.stop"
+    ") AS n ORDER BY t.level, t.start, n.position"
 )
 
 
@@ -61,20 +70,20 @@ class TreeReader:
             row = self._connection.execute(statement).one_or_none()
         return None if row is None else hashed_record(row)
 
-    def leaves(self, start: int, end: int) -> list[bytes]:
-        """The leaf hashes of records [start, end) (as many as exist)."""
-        with translated_errors("reading leaves of the tree"):
-            rows = self._connection.execute(
-                _LEAVES, {"tenant": self.tenant_id, "start": start, "end": end}).scalars()
-            return [leaf_hash(bytes.fromhex(record_hash)) for record_hash in rows]
-
-    def stored(self, level: int, start: int, end: int) -> list[bytes]:
-        """The kept hashes of nodes [start, end) of `level` (as many as exist)."""
-        with translated_errors("reading nodes of the tree"):
-            rows = self._connection.execute(
-                _NODES, {"tenant": self.tenant_id, "level": level, "start": start,
-                         "end": end}).scalars()
-            return [bytes(value) for value in rows]
+    def tiles(self, tiles: Sequence[Tile]) -> dict[Tile, list[bytes]]:
+        """Each tile's hashes in order (as many as exist), leaves as leaf hashes; no
+        statement when there are none (a consistency proof between equal sizes)."""
+        found: dict[Tile, list[bytes]] = {tile: [] for tile in tiles}
+        if not tiles:
+            return found
+        with translated_errors("reading tiles of the tree"):
+            rows = self._connection.execute(_TILES, {
+                "tenant": self.tenant_id, "levels": [tile.level for tile in tiles],
+                "starts": [tile.start for tile in tiles], "ends": [tile.end for tile in tiles]})
+            for level, start, end, value in rows:
+                found[Tile(level, start, end)].append(
+                    leaf_hash(bytes(value)) if level == 0 else bytes(value))
+        return found
 
 
 @contextmanager

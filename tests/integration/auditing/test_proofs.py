@@ -9,12 +9,13 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from support import chain_of, verify_note_independently
 from tree_support import ORIGIN, Reference, chain_with_checkpoints
 
@@ -29,6 +30,10 @@ BATCHES = [150, 150, 150, 150]
 SIZES = [151, 301, 451, 601]
 """Genesis plus 150 records per batch, each batch signed: across the tile boundaries at
 256 and 512 leaves, so proofs read level-8 nodes and fold partial tiles."""
+STATEMENTS_PER_PROOF = 3
+"""Inclusion: the checkpoint, the record, all tiles; consistency: two checkpoints, all
+tiles (none between equal sizes). The same whether a proof needs one tile (size 151) or
+several levels' (601)."""
 INCLUSION_KEYS = ["tenant_id", "sequence_number", "tree_size", "leaf_index", "record",
                   "inclusion_proof", "checkpoint"]
 CONSISTENCY_KEYS = ["tenant_id", "old_size", "new_size", "consistency_proof",
@@ -65,6 +70,21 @@ def _prove(engine: Engine, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@contextmanager
+def _counted(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements the engine runs meanwhile."""
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
 def _tamper(engine: Engine, table: str, statements: list[tuple[str, dict[str, Any]]]) -> None:
     """Run statements as the superuser with the append-only triggers of `table` off."""
     with engine.begin() as connection:
@@ -97,7 +117,9 @@ def test_proofs_match_the_rfc_reference_and_the_signed_roots(
     for size in SIZES:
         edges = {0, 1, 254, 255, 256, 257, 511, 512, size - 2, size - 1}
         for index in sorted({i for i in edges if i < size} | set(rng.sample(range(size), 8))):
-            document = prove_inclusion(chained, TENANT, index, size)
+            with _counted(chained) as statements:
+                document = prove_inclusion(chained, TENANT, index, size)
+            assert len(statements) == STATEMENTS_PER_PROOF, (index, size, statements)
             assert list(document) == INCLUSION_KEYS
             assert document["inclusion_proof"] == _b64(reference.path(index, 0, size))
             assert document["record"] == json.loads(export_line(records[index]))
@@ -105,7 +127,10 @@ def test_proofs_match_the_rfc_reference_and_the_signed_roots(
                     document["leaf_index"], document["checkpoint"]) == (
                 TENANT, index, size, index, notes[size])
         for old in SIZES[: SIZES.index(size) + 1]:
-            document = prove_consistency(chained, TENANT, old, size)
+            with _counted(chained) as statements:
+                document = prove_consistency(chained, TENANT, old, size)
+            expected = STATEMENTS_PER_PROOF - (old == size)
+            assert len(statements) == expected, (old, size, statements)
             assert list(document) == CONSISTENCY_KEYS
             assert document["consistency_proof"] == _b64(reference.proof(old, size))
             assert (document["old_checkpoint"], document["new_checkpoint"]) == (

@@ -3,19 +3,28 @@
 The store is filled as the write path fills it (every `CompactRange.append`, keeping only
 `nodes_to_store`); proofs built over a `TileReader` must equal the reference's PATH and
 PROOF byte for byte, for every proof of every tree up to 70 leaves and sampled ones of
-trees around the tile boundaries, and read only a handful of tiles.
+trees around the tile boundaries, and fetch only a handful of tiles, in one call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from functools import cache
 
 import pytest
 
-from audit_service.core.merkle import CompactRange, consistency_proof, inclusion_proof, leaf_hash
-from audit_service.core.tiles import TILE_HEIGHT, TileError, TileReader, nodes_to_store
+from audit_service.core.merkle import (
+    CompactRange,
+    NodeId,
+    consistency_nodes,
+    consistency_proof,
+    inclusion_nodes,
+    inclusion_proof,
+    leaf_hash,
+)
+from audit_service.core.tiles import TILE_HEIGHT, Tile, TileError, TileReader, nodes_to_store
 
 SMALL_SIZES = range(1, 71)
 LARGE_SIZES = (255, 256, 257, 511, 513, 65_536, 65_539)
@@ -79,47 +88,51 @@ LEAVES, STORED = _build()
 
 
 class CountingStore:
-    """The two fetchers over the in-memory store, refusing reads past `size` and counting
-    range reads."""
+    """The fetcher over the in-memory store, refusing tiles past `size` or not aligned to
+    256, and recording each call's tiles."""
 
     def __init__(self, size: int):
         self.size = size
-        self.reads: list[tuple[int, int, int]] = []
+        self.calls: list[list[Tile]] = []
 
-    def leaves(self, start: int, end: int) -> list[bytes]:
-        assert 0 <= start < end <= self.size
-        self.reads.append((0, start, end))
-        return LEAVES[start:end]
+    def fetch(self, tiles: Sequence[Tile]) -> dict[Tile, list[bytes]]:
+        self.calls.append(list(tiles))
+        for tile in tiles:
+            assert tile.level % TILE_HEIGHT == 0 and tile.start % 256 == 0
+            assert 0 <= tile.start < tile.end <= tile.start + 256
+            assert tile.end << tile.level <= self.size
+        return {tile: (LEAVES if tile.level == 0 else STORED[tile.level])[tile.start:tile.end]
+                for tile in tiles}
 
-    def stored(self, level: int, start: int, end: int) -> list[bytes]:
-        assert level % TILE_HEIGHT == 0 and level > 0
-        assert 0 <= start < end and end << level <= self.size
-        self.reads.append((level, start, end))
-        return STORED[level][start:end]
-
-    def reader(self) -> TileReader:
-        return TileReader(self.size, self.leaves, self.stored)
+    def reader(self, nodes: Sequence[NodeId]) -> TileReader:
+        return TileReader.fetched(self.size, nodes, self.fetch)
 
 
-def _read_bound(size: int) -> int:
+def _tile_bound(size: int) -> int:
     """Two tiles per stored level a tree of `size` has: the path's and the right edge's."""
     return 2 * ((size - 1).bit_length() // TILE_HEIGHT + 1)
 
 
+def check_fetches(store: CountingStore) -> None:
+    """One fetch call, of distinct tiles, at most two per stored level."""
+    assert len(store.calls) == 1
+    (tiles,) = store.calls
+    assert len(set(tiles)) == len(tiles) <= _tile_bound(store.size)
+
+
 def check_inclusion(index: int, size: int) -> None:
     store = CountingStore(size)
-    reader = store.reader()
+    reader = store.reader(inclusion_nodes(index, size))
     assert inclusion_proof(index, size, reader.node) == ref_path(index, 0, size), (index, size)
-    assert len(store.reads) == reader.tiles_read <= _read_bound(size)
-    assert all(end - start <= 256 for _, start, end in store.reads)
+    check_fetches(store)
 
 
 def check_consistency(old: int, new: int) -> None:
     store = CountingStore(new)
-    reader = store.reader()
+    reader = store.reader(consistency_nodes(old, new))
     proof = consistency_proof(old, new, reader.node)
     assert proof == ref_subproof(old, 0, new, True), (old, new)
-    assert len(store.reads) <= _read_bound(new)
+    check_fetches(store)
 
 
 def test_only_levels_8_16_24_are_kept() -> None:
@@ -152,22 +165,30 @@ def test_sampled_proofs_of_trees_around_tile_boundaries(size: int) -> None:
 
 def test_every_node_of_a_tree_in_a_tree_spanning_level_16() -> None:
     size = 65_539
-    reader = CountingStore(size).reader()
-    for level in (7, 8, 9, 15, 16):
-        for index in {0, 1, (size >> level) - 1} & set(range(size >> level)):
-            assert reader.node(level, index) == ref_mth(index << level, (index + 1) << level)
+    nodes = [NodeId(level, index) for level in (0, 7, 8, 9, 15, 16)
+             for index in {0, 1, (size >> level) - 1} & set(range(size >> level))]
+    reader = CountingStore(size).reader(nodes)
+    for node in nodes:
+        assert reader.node(node.level, node.index) == ref_mth(
+            node.index << node.level, (node.index + 1) << node.level)
 
 
 def test_a_missing_stored_node_is_reported_not_guessed() -> None:
     size = 600
-    reader = TileReader(size, CountingStore(size).leaves, lambda level, start, end: [])
+    store = CountingStore(size)
+
+    def no_stored_nodes(tiles: Sequence[Tile]) -> dict[Tile, list[bytes]]:
+        return {tile: hashes if tile.level == 0 else []
+                for tile, hashes in store.fetch(tiles).items()}
+
     with pytest.raises(TileError, match=r"stored nodes of level 8 \[0, 2\) are incomplete"):
-        inclusion_proof(0, size, reader.node)
+        TileReader.fetched(size, inclusion_nodes(0, size), no_stored_nodes)
 
 
 def test_nodes_past_the_tree_are_refused() -> None:
-    reader = CountingStore(300).reader()
+    store = CountingStore(300)
     with pytest.raises(ValueError, match="not a complete subtree"):
-        reader.node(8, 1)
+        store.reader([NodeId(8, 1)])
     with pytest.raises(ValueError, match="not a complete subtree"):
-        reader.node(0, 300)
+        store.reader([NodeId(0, 300)])
+    assert not store.calls

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from audit_service.core.chain import TENANT_ID_PATTERN
 from audit_service.core.encoding import b64decode, b64encode
-from audit_service.core.event_schema import TENANT_ID_PATTERN
 from audit_service.core.merkle import HASH_SIZE, MAX_TREE_SIZE
 from audit_service.core.signed_note import NoteError, check_key_name, check_note_text
 

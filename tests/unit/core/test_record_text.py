@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import TENANT_ALPHABET, json_values, wire_events
@@ -206,3 +207,22 @@ def test_verify_rows_of_nothing_is_what_verify_chain_says() -> None:
     _same_as_verify_chain("t", [])
     _same_as_verify_chain("t", [], expected_head=ChainHead("t", 3, GENESIS_PREVIOUS_HASH))
     _same_as_verify_chain("t", [], expected_head=ChainHead.empty("t"))
+
+
+@pytest.mark.parametrize("text", [
+    ' {"a": 1}', '{"a": 1} ', "[1, 2]", '"x"', "1", "null", '{"b": {"a": []}, "a": 1.5}',
+])
+def test_a_jsonb_text_renders_as_json_loads_reads_it(text: str) -> None:
+    row = list(row_of(_shaped_chain()[-1]))
+    row[ROW_FIELDS.index("context")] = text
+    assert row_hash(row) == compute_record_hash(record_of(row))
+
+
+@pytest.mark.parametrize("text", ["nul", '{"a": 1}x', "", "{", '{"a": 1} {}'])
+def test_a_jsonb_text_json_loads_refuses_is_refused(text: str) -> None:
+    row = list(row_of(_shaped_chain()[-1]))
+    row[ROW_FIELDS.index("context")] = text
+    with pytest.raises(ValueError):
+        record_of(row)
+    with pytest.raises(ValueError):
+        row_hash(row)

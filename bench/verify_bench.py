@@ -1,12 +1,16 @@
-"""Verify throughput: `verify` from PostgreSQL (--jobs 1 and 2) and from export files.
+"""Read-path throughput: `verify` from PostgreSQL (--jobs 1 and 2), `export`, and
+`verify --file` of the exports, against a raw fetch of the same rows.
 
     .venv/bin/python bench/verify_bench.py            # 1,000,000 records, 20 tenants
 
 Builds valid chains directly with `chain.py` (realistic sample events, validated once per
-template, then re-stamped), COPYs them into a fresh migrated database, then times the real
-CLI as a subprocess: `verify --jobs 1`, `verify --jobs 2`, `export` of every tenant and
-`verify --file` of all the exports. Uses AUDIT_TEST_DATABASE_URL (an admin URL) when set,
-otherwise an embedded PostgreSQL in a temporary directory. Prints records/s per step.
+template, then re-stamped), COPYs them into a fresh migrated database, then times a raw
+fetch of the rows verify reads (psycopg2 server-side cursor, nothing built or hashed: the
+floor under any reader) and the real CLI as a subprocess: `verify --jobs 1`, `verify
+--jobs 2`, `export` of every tenant (and of one record, the start-up cost), `verify
+--file` of all the exports. Uses AUDIT_TEST_DATABASE_URL (an admin URL) when set,
+otherwise an embedded PostgreSQL in a temporary directory. Prints records/s, client CPU
+and peak RSS per step, and the ratios of the targets.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,13 +38,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
+from audit_service.config import normalise_database_url
 from audit_service.core.chain import HASHED_FIELDS, ChainHead, advance, chain_event, genesis_record
 from audit_service.core.events import ValidationLimits, parse_event
 from audit_service.dev.devstack import EmbeddedPostgres
 from audit_service.dev.samples import encode_event, sample_event, tenant_names
 from audit_service.storage.migrations import upgrade_to_head
+from audit_service.storage.reader import STREAM_CHUNK_ROWS, record_rows_query
 
 CLI = str(Path(sys.executable).with_name("audit-service"))
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,6 +57,9 @@ TEMPLATES_PER_TENANT = 500
 """Distinct validated events per tenant; records reuse them with a fresh id and time."""
 EVENT_SPACING = timedelta(milliseconds=40)
 COLUMNS = (*HASHED_FIELDS, "record_hash", "kafka_topic", "kafka_partition", "kafka_offset")
+STARTUP_RUNS = 3
+"""One-record exports timed for the start-up cost of a CLI process (the median is used)."""
+PEAK_RSS_SAMPLE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,14 @@ def _write_tenant(args: tuple[str, int, int, Path]) -> tuple[str, int, str, str]
     return tenant, head.last_sequence, head.last_hash, record["timestamp"]
 
 
+def _connect(database_url: str) -> Any:
+    url = make_url(database_url)
+    return psycopg2.connect(
+        dbname=url.database, user=url.username, password=url.password,
+        host=url.query.get("host", url.host), port=url.port,
+    )
+
+
 def load_dataset(database_url: str, dataset: Dataset, scratch: Path) -> None:
     """Generate the chains (one process per core) and COPY them in, heads included."""
     tenants = tenant_names(dataset.tenants)
@@ -114,11 +133,7 @@ def load_dataset(database_url: str, dataset: Dataset, scratch: Path) -> None:
     jobs = [(t, per_tenant, dataset.seed, scratch / f"{t}.csv") for t in tenants]
     with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
         heads = pool.map(_write_tenant, jobs)
-    url = make_url(database_url)
-    connection = psycopg2.connect(
-        dbname=url.database, user=url.username, password=url.password,
-        host=url.query.get("host", url.host), port=url.port,
-    )
+    connection = _connect(database_url)
     try:
         with connection, connection.cursor() as cursor:
             for _, _, _, path in jobs:
@@ -145,7 +160,9 @@ def database(scratch: Path) -> Iterator[str]:
     """A fresh migrated database on AUDIT_TEST_DATABASE_URL's server or an embedded one."""
     admin_url = os.environ.get("AUDIT_TEST_DATABASE_URL")
     server = None
-    if not admin_url:
+    if admin_url:
+        admin_url = normalise_database_url(admin_url)
+    else:
         server = EmbeddedPostgres.start(scratch / "pg")
         admin_url = server.url("postgres")
     name = f"verify_bench_{uuid.uuid4().hex[:8]}"
@@ -175,27 +192,86 @@ class Timing:
     cpu_seconds: float
     """User + system time of the command and its worker processes (not PostgreSQL's):
     unlike wall time, barely affected by other load on a shared machine."""
+    peak_rss_mib: float
+    """Peak resident set of the command plus the peaks of its worker processes."""
     stdout: str
+
+    def __add__(self, other: Timing) -> Timing:
+        return Timing(self.seconds + other.seconds, self.cpu_seconds + other.cpu_seconds,
+                      max(self.peak_rss_mib, other.peak_rss_mib), "")
+
+
+class PeakRss:
+    """The peak resident set of a process plus those of its children (verify's workers),
+    sampled from /proc until it exits: ru_maxrss would count the bench's own size, which a
+    child inherits up to its exec."""
+
+    def __init__(self, pid: int):
+        self._pid = pid
+        self._peaks: dict[int, int] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _peak_kib(pid: int) -> int | None:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except (OSError, ValueError):
+            return None
+        return None  # a zombie: it has exited
+
+    def _children(self) -> list[int]:
+        try:
+            return [int(p) for p in
+                    Path(f"/proc/{self._pid}/task/{self._pid}/children").read_text().split()]
+        except (OSError, ValueError):
+            return []
+
+    def _run(self) -> None:
+        while (own := self._peak_kib(self._pid)) is not None:
+            self._peaks[self._pid] = max(self._peaks.get(self._pid, 0), own)
+            for child in self._children():
+                if (peak := self._peak_kib(child)) is not None:
+                    self._peaks[child] = max(self._peaks.get(child, 0), peak)
+            time.sleep(PEAK_RSS_SAMPLE_S)
+
+    def result(self) -> float:
+        """MiB, once the process has exited."""
+        self._thread.join(timeout=5)
+        return sum(self._peaks.values()) / 1024
 
 
 def _timed_cli(args: list[str], database_url: str) -> Timing:
     """Run the real CLI as a subprocess (startup included) and time it."""
     env = {**os.environ, "AUDIT_DATABASE_URL": database_url}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, check=False,
-                          timeout=COMMAND_TIMEOUT_S)
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timing(seconds, cpu, done.stdout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen([CLI, *args], env=env, stdout=out, stderr=err, text=True)
+        sampler = PeakRss(process.pid)
+        deadline = threading.Timer(COMMAND_TIMEOUT_S, process.kill)
+        deadline.start()
+        try:  # wait4 rather than Popen.wait: it reaps the process with its CPU usage
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            deadline.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        peak_mib = sampler.result()
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(args)} exited {process.returncode}: "
+                             f"{err.read()[-2000:]}")
+        return Timing(seconds, usage.ru_utime + usage.ru_stime,
+                      peak_mib, out.read())
 
 
 def _rates(timing: Timing, records: int) -> dict[str, float]:
     return {"seconds": round(timing.seconds, 2), "records_per_s": round(records / timing.seconds),
-            "client_cpu_us_per_record": round(timing.cpu_seconds / records * 1e6, 1)}
+            "client_cpu_us_per_record": round(timing.cpu_seconds / records * 1e6, 1),
+            "peak_rss_mib": round(timing.peak_rss_mib, 1)}
 
 
 def _verify_rate(args: list[str], database_url: str, expected: int) -> dict[str, float]:
@@ -206,9 +282,40 @@ def _verify_rate(args: list[str], database_url: str, expected: int) -> dict[str,
     return _rates(timing, expected)
 
 
+def raw_fetch(database_url: str, tenants: list[str], expected: int) -> dict[str, float]:
+    """Every tenant's rows as `verify` reads them (same query, same snapshot per tenant, a
+    server-side cursor with the same chunk size), in this process, nothing built or
+    hashed: what reading alone costs, the floor under verify and export."""
+    connection = _connect(database_url)
+    connection.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    started, cpu = time.perf_counter(), time.process_time()
+    fetched = 0
+    try:
+        for tenant in tenants:
+            compiled = record_rows_query(tenant).compile(dialect=postgresql.dialect())
+            with connection, connection.cursor(name="raw_fetch") as cursor:
+                cursor.itersize = STREAM_CHUNK_ROWS
+                cursor.execute(str(compiled), compiled.params)
+                for _ in cursor:
+                    fetched += 1
+    finally:
+        connection.close()
+    if fetched != expected:
+        raise SystemExit(f"raw fetch: {fetched} rows, expected {expected}")
+    timing = Timing(time.perf_counter() - started, time.process_time() - cpu,
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "")
+    return _rates(timing, expected)
+
+
 def _say(label: str, rate: dict[str, float]) -> None:
     print(f"{label}: {rate['records_per_s']:,} records/s ({rate['seconds']}s wall, "
-          f"{rate['client_cpu_us_per_record']} us client CPU per record)", flush=True)
+          f"{rate['client_cpu_us_per_record']} us client CPU per record, "
+          f"peak RSS {rate['peak_rss_mib']:.0f} MiB)", flush=True)
+
+
+def _ratio(label: str, value: float, target: float) -> None:
+    verdict = "met" if value >= target else "MISSED"
+    print(f"ratio {label}: {value:.2f} (target >= {target}: {verdict})", flush=True)
 
 
 def main() -> None:
@@ -229,23 +336,62 @@ def main() -> None:
             load_dataset(url, dataset, scratch)
             print(f"dataset: {records:,} records, {dataset.tenants} tenants, built and "
                   f"loaded in {time.perf_counter() - started:.0f}s", flush=True)
+            tenants = tenant_names(dataset.tenants)
+            results["raw_fetch"] = raw = raw_fetch(url, tenants, records)
+            _say("raw fetch (server-side cursor, no hashing, in-process)", raw)
             for jobs in (1, 2):
                 results[f"postgresql_jobs_{jobs}"] = rate = _verify_rate(
                     ["verify", "--jobs", str(jobs)], url, records)
                 _say(f"verify from PostgreSQL, --jobs {jobs}", rate)
             exports = scratch / "exports"
             exports.mkdir()
-            files = [str(exports / f"{tenant}.jsonl") for tenant in tenant_names(dataset.tenants)]
+            files = [str(exports / f"{tenant}.jsonl") for tenant in tenants]
             timings = [_timed_cli(["export", "--tenant", Path(f).stem, "--output", f], url)
                        for f in files]
-            results["export"] = rate = _rates(Timing(
-                sum(t.seconds for t in timings), sum(t.cpu_seconds for t in timings), ""), records)
-            _say("export (one process per tenant)", rate)
+            results["export"] = rate = _rates(sum(timings[1:], timings[0]), records)
+            _say(f"export (one process per tenant, {records // len(files):,} records each)", rate)
+            startups = sorted((_timed_cli(["export", "--tenant", tenants[0], "--to-seq", "0",
+                                           "--output", str(exports / f"one-{n}.jsonl")], url)
+                               for n in range(STARTUP_RUNS)), key=lambda t: t.seconds)
+            startup = startups[len(startups) // 2]
+            results["export_one_record"] = {"seconds": round(startup.seconds, 2),
+                                            "cpu_seconds": round(startup.cpu_seconds, 2),
+                                            "peak_rss_mib": round(startup.peak_rss_mib, 1)}
+            print(f"export of one record (a CLI process's start-up, median of {STARTUP_RUNS}): "
+                  f"{startup.seconds:.2f}s wall, {startup.cpu_seconds:.2f}s CPU, "
+                  f"peak RSS {startup.peak_rss_mib:.0f} MiB", flush=True)
+            # Per record: each command's time without its processes' start-up.
+            verify_1 = results["postgresql_jobs_1"]
+            per_record_export = records / (rate["seconds"] - len(files) * startup.seconds)
+            per_record_verify = records / (verify_1["seconds"] - startup.seconds)
+            results["export_per_record_records_per_s"] = round(per_record_export)
+            print(f"export without start-ups: {per_record_export:,.0f} records/s; verify "
+                  f"--jobs 1 without its one: {per_record_verify:,.0f} records/s", flush=True)
             size = sum(Path(f).stat().st_size for f in files)
             print(f"export size: {size / 2**20:,.0f} MiB, {size / records:,.0f} bytes per record")
             results["export_file"] = rate = _verify_rate(
                 ["verify", *(arg for f in files for arg in ("--file", f))], url, records)
             _say(f"verify --file (all {len(files)} exports, one process)", rate)
+            verify_2 = results["postgresql_jobs_2"]
+            results["ratios"] = ratios = {
+                "verify_jobs_2_over_raw_fetch":
+                    verify_2["records_per_s"] / raw["records_per_s"],
+                "export_over_verify_jobs_1":
+                    results["export"]["records_per_s"] / verify_1["records_per_s"],
+                "export_over_verify_jobs_1_without_startups":
+                    per_record_export / per_record_verify,
+                "export_peak_rss_over_one_record_export":
+                    results["export"]["peak_rss_mib"] / startup.peak_rss_mib,
+            }
+            _ratio("verify --jobs 2 / raw fetch", ratios["verify_jobs_2_over_raw_fetch"], 0.5)
+            _ratio(f"export / verify --jobs 1 ({len(files)} start-ups against 1)",
+                   ratios["export_over_verify_jobs_1"], 1.0)
+            _ratio("export / verify --jobs 1, start-ups subtracted",
+                   ratios["export_over_verify_jobs_1_without_startups"], 1.0)
+            print(f"memory: export's peak RSS {results['export']['peak_rss_mib']:.0f} MiB for "
+                  f"{records // len(files):,} records vs {startup.peak_rss_mib:.0f} MiB for one "
+                  f"(x{ratios['export_peak_rss_over_one_record_export']:.2f}); verify --jobs 1 "
+                  f"{verify_1['peak_rss_mib']:.0f} MiB for {records:,}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)

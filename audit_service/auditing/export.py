@@ -4,7 +4,9 @@ Each line is the record exactly as it was hashed plus its `record_hash`, seriali
 the hash input is (sorted keys, no spaces, ASCII escapes), in sequence order. So the line
 with its `"record_hash":"...",` member removed is byte for byte the text that was hashed,
 and any JSON reader (jq, any language) can consume it: no header, no trailer. The line
-format lives with its verifier (`export_verify.export_line`), which needs no database.
+format is defined with its verifier (`export_verify.export_line`, which needs no
+database); lines are rendered here straight from the stored rows (`core.record_text`),
+byte for byte the same, at a fraction of the cost of building each record's dict.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from audit_service.auditing.export_verify import export_line
 from audit_service.core.errors import ConfigurationError
+from audit_service.core.record_text import RECORD_HASH, SEQUENCE_NUMBER, export_line
 from audit_service.storage.reader import WHOLE_CHAIN, AuditReader, SequenceRange
 
 STDOUT = "-"
@@ -41,12 +43,13 @@ def write_export(
     count = 0
     first = last = None
     last_hash = None
-    for record in reader.iter_records(tenant_id, scope.first, scope.last):
-        out.write(export_line(record))
+    _, rows = reader.read_chain_rows(tenant_id, scope.first, scope.last)
+    for row in rows:
+        out.write(export_line(row))
         count += 1
         if first is None:
-            first = record["sequence_number"]
-        last, last_hash = record["sequence_number"], record["record_hash"]
+            first = row[SEQUENCE_NUMBER]
+        last, last_hash = row[SEQUENCE_NUMBER], row[RECORD_HASH]
     return ExportSummary(tenant_id, count, first, last, last_hash)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Final
 
 from sqlalchemy import Engine, insert
@@ -32,8 +33,8 @@ from audit_service.core.chain import (
     ChainBreak,
     ChainHead,
     VerificationResult,
-    verify_chain,
 )
+from audit_service.core.record_text import RECORD_HASH, RecordRow, verify_rows
 from audit_service.core.signed_note import VerifierKey
 from audit_service.storage.engine import create_db_engine, translated_errors
 from audit_service.storage.models import AuditVerificationLog
@@ -129,11 +130,11 @@ def plan_with_checkpoints(
     ]
 
 
-def _counted(records: Iterable[dict[str, Any]], progress: Progress) -> Iterator[dict[str, Any]]:
+def _counted(rows: Iterable[RecordRow], progress: Progress) -> Iterator[RecordRow]:
     pending = 0
     try:
-        for record in records:
-            yield record
+        for row in rows:
+            yield row
             pending += 1
             if pending == PROGRESS_EVERY_RECORDS:
                 progress(pending)
@@ -164,19 +165,19 @@ def verify_tenant(
                 f"no record {scope.first - 1}", 1)))
     # The head is re-read in the records' own snapshot: the one from plan() is older, and a
     # running daemon may have appended since.
-    head, records = reader.read_chain(tenant, scope.first, scope.last)
+    head, rows = reader.read_chain_rows(tenant, scope.first, scope.last)
     task = dataclasses.replace(task, head=head)
     tree = task.checkpoints.start() if task.checkpoints is not None else None
     if tree is not None:
-        records = tree.feed(records, _record_hash)
+        rows = tree.feed(rows, itemgetter(RECORD_HASH))
     if progress is not None:
-        records = _counted(records, progress)
-    result = verify_chain(
-        tenant, records, start_sequence=scope.first, expected_previous_hash=link,
+        rows = _counted(rows, progress)
+    result = verify_rows(
+        tenant, rows, start_sequence=scope.first, expected_previous_hash=link,
         expected_head=task.head if task.reaches_head else None,
     )
     if tree is not None:
-        for _ in records:  # past a chain break too: the tree covers every stored hash
+        for _ in rows:  # past a chain break too: the tree covers every stored hash
             pass
     if result.valid and not task.reaches_head and result.last_sequence != scope.last:
         missing = scope.first if result.last_sequence is None else result.last_sequence + 1
@@ -186,10 +187,6 @@ def verify_tenant(
         ))
     report = tree.finish(head.last_sequence + 1) if tree is not None else None
     return TenantVerification(result, report)
-
-
-def _record_hash(record: Mapping[str, Any]) -> object:
-    return record.get("record_hash")
 
 
 def _timed(reader: AuditReader, task: TenantTask, progress: Progress | None) -> _TimedResult:

@@ -21,6 +21,10 @@ from functools import lru_cache
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final
 
+TENANT_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,128}$"
+"""A tenant id (SPEC section 2). Kept here, not with the pydantic schema, so that the
+verifiers and `export`, which never validate events, start without loading pydantic."""
+
 GENESIS_PREVIOUS_HASH: Final = "0" * 64
 GENESIS_AUDIT_ID: Final = "00000000-0000-0000-0000-000000000000"
 GENESIS_ACTOR_ID: Final = "audit-service"
@@ -331,16 +335,25 @@ def verify_chain(
         previous = record
     last_sequence = previous["sequence_number"] if previous else None
     last_hash = previous["record_hash"] if previous else None
-    head_break = None
-    if expected_head is not None and (
-        expected_head.last_sequence != (last_sequence if last_sequence is not None else -1)
-        or (last_hash is not None and expected_head.last_hash != last_hash)
-    ):
-        head_break = ChainBreak(
-            tenant_id, None, BREAK_HEAD,
-            f"last record {expected_head.last_sequence} with hash {expected_head.last_hash}",
-            f"last record {last_sequence} with hash {last_hash}", count + 1,
-        )
     return VerificationResult(
-        tenant_id, count, first_sequence, last_sequence, last_hash, head_break
+        tenant_id, count, first_sequence, last_sequence, last_hash,
+        head_break(tenant_id, expected_head, last_sequence, last_hash, count + 1),
+    )
+
+
+def head_break(
+    tenant_id: str, expected_head: ChainHead | None, last_sequence: int | None,
+    last_hash: str | None, position: int,
+) -> ChainBreak | None:
+    """The break when an intact chain ending at `last_sequence` is not `expected_head`
+    (None: no head to check), reported at `position` (one past the last record)."""
+    if expected_head is None or (
+        expected_head.last_sequence == (last_sequence if last_sequence is not None else -1)
+        and (last_hash is None or expected_head.last_hash == last_hash)
+    ):
+        return None
+    return ChainBreak(
+        tenant_id, None, BREAK_HEAD,
+        f"last record {expected_head.last_sequence} with hash {expected_head.last_hash}",
+        f"last record {last_sequence} with hash {last_hash}", position,
     )

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from audit_service.core.chain import TENANT_ID_PATTERN
 from audit_service.core.encoding import b64decode, b64encode
-from audit_service.core.event_schema import TENANT_ID_PATTERN
 from audit_service.core.merkle import HASH_SIZE, MAX_TREE_SIZE
 from audit_service.core.signed_note import (
     NoteError,

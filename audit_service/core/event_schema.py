@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, with_config
 from typing_extensions import TypedDict
 
-TENANT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+from audit_service.core.chain import TENANT_ID_PATTERN
 
 _NESTED = ConfigDict(extra="allow", strict=True)
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -29,6 +29,7 @@ from audit_service.core.chain import EVENT_FIELDS, GENESIS_AUDIT_ID
 from audit_service.core.events import EventRejected, ValidationLimits, parse_event
 from audit_service.core.linking import canonical_parts
 from audit_service.core.offset_policy import LogRange
+from audit_service.core.stored import StoredRecord, StoredReject
 
 FINDING_MISSING: Final = "missing"
 """A message nothing in the store accounts for."""
@@ -62,40 +63,6 @@ class SourceMessage(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
-
-
-class StoredRecord(NamedTuple):
-    """A chained record with its stored coordinates (None for a genesis record)."""
-
-    partition: int | None
-    offset: int | None
-    fields: dict[str, Any]
-    """The producer's fields (`chain.EVENT_FIELDS`) exactly as they were hashed, and the
-    sequence_number."""
-
-    @property
-    def tenant_id(self) -> str:
-        return str(self.fields["tenant_id"])
-
-    @property
-    def audit_id(self) -> str:
-        return str(self.fields["audit_id"])
-
-    @property
-    def sequence_number(self) -> int:
-        return int(self.fields["sequence_number"])
-
-
-class StoredReject(NamedTuple):
-    """A rejects row with its coordinates and the raw bytes it quarantined."""
-
-    id: int
-    partition: int
-    offset: int
-    raw_key: bytes | None
-    raw_value: bytes | None
-    tenant_id: str | None
-    audit_id: str | None
 
 
 RedeliveryLookup = Callable[[Sequence[tuple[str, str]]], Mapping[tuple[str, str], StoredRecord]]

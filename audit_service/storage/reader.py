@@ -1,8 +1,9 @@
 """Read-only queries: what the verifier, the offset lookup and operator commands need.
 
 It never imports the write path (store, batch): verifying a chain must not depend on the
-code that wrote it. Records are read with Core rows on a server-side cursor, never ORM
-objects: the verifier and `export` stream millions of them in constant memory.
+code that wrote it. Records are read on a server-side cursor, never as ORM objects: the
+verifier and `export` stream millions of them in constant memory, as the driver's plain
+tuples in `core.record_text`'s column order.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Text, cast, func, or_, select, text
+from sqlalchemy import Connection, Engine, Select, Text, cast, func, or_, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from audit_service.core.chain import EVENT_FIELDS, HASHED_FIELDS, ChainHead
+from audit_service.core.chain import EVENT_FIELDS, ChainHead
 from audit_service.core.checkpoint import SignedCheckpoint
-from audit_service.core.reconciliation import StoredRecord, StoredReject
-from audit_service.storage.engine import translated_errors
+from audit_service.core.record_text import ROW_FIELDS, RecordRow, record_of
+from audit_service.core.stored import StoredRecord, StoredReject
+from audit_service.storage.engine import stream_rows, translated_errors
 from audit_service.storage.models import (
     AuditChainState,
     AuditCheckpoint,
@@ -42,7 +44,6 @@ is done by the server instead of per row in Python; any divergence would surface
 mismatch, never as a false pass."""
 
 _JSONB_FIELDS: Final = frozenset({"context", "decision", "outcome"})
-_RECORD_FIELDS: Final = (*HASHED_FIELDS, "record_hash")
 
 
 def _hashed_column(field: str) -> ColumnElement[Any]:
@@ -57,16 +58,23 @@ def _hashed_column(field: str) -> ColumnElement[Any]:
     return column
 
 
-RECORD_COLUMNS: Final = tuple(_hashed_column(field) for field in _RECORD_FIELDS)
-_JSONB_INDEXES: Final = tuple(i for i, f in enumerate(_RECORD_FIELDS) if f in _JSONB_FIELDS)
+_RECORD_COLUMNS: Final = tuple(_hashed_column(field) for field in ROW_FIELDS)
+"""A record row as `core.record_text` renders it."""
 
 
-def hashed_record(row: Sequence[Any]) -> dict[str, Any]:
-    """The hashed dict plus record_hash, exactly as it was hashed when chained."""
-    values = list(row)
-    for index in _JSONB_INDEXES:
-        values[index] = json.loads(values[index])
-    return dict(zip(_RECORD_FIELDS, values, strict=True))
+def record_rows_query(
+    tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
+) -> Select[Any]:
+    """One tenant's record rows (`record_text.ROW_FIELDS`) in sequence order."""
+    table = AuditRecord.__table__
+    statement = (
+        select(*_RECORD_COLUMNS)
+        .where(table.c.tenant_id == tenant_id, table.c.sequence_number >= from_sequence)
+        .order_by(table.c.sequence_number)
+    )
+    if to_sequence is not None:
+        statement = statement.where(table.c.sequence_number <= to_sequence)
+    return statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,13 +341,21 @@ class AuditReader:
         self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
     ) -> Iterator[dict[str, Any]]:
         """One tenant's records (hashed dict plus record_hash) in sequence order, streamed
-        through a server-side cursor in one snapshot, in constant memory."""
-        return self.read_chain(tenant_id, from_sequence, to_sequence)[1]
+        in one snapshot, in constant memory."""
+        return map(record_of, self.read_chain_rows(tenant_id, from_sequence, to_sequence)[1])
 
     def read_chain(
         self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
     ) -> tuple[ChainHead, Iterator[dict[str, Any]]]:
-        """The tenant's head and its records, both from ONE snapshot.
+        """`read_chain_rows` with each record as a dict."""
+        head, rows = self.read_chain_rows(tenant_id, from_sequence, to_sequence)
+        return head, map(record_of, rows)
+
+    def read_chain_rows(
+        self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
+    ) -> tuple[ChainHead, Iterator[RecordRow]]:
+        """The tenant's head and its record rows (`record_text.ROW_FIELDS`), both from ONE
+        snapshot, the rows streamed through a server-side cursor in constant memory.
 
         The daemon commits records and head together; reading them in separate snapshots
         while it runs would see records newer than the head and report a false break.
@@ -351,20 +367,13 @@ class AuditReader:
 
     def _chain_stream(
         self, tenant_id: str, from_sequence: int, to_sequence: int | None
-    ) -> Iterator[ChainHead | dict[str, Any]]:
-        """Yields the head, then the records, inside one REPEATABLE READ transaction."""
+    ) -> Iterator[ChainHead | RecordRow]:
+        """Yields the head, then the rows, inside one REPEATABLE READ transaction."""
         state = AuditChainState.__table__
         head_query = select(state.c.last_sequence, state.c.last_hash).where(
             state.c.tenant_id == tenant_id
         )
-        table = AuditRecord.__table__
-        statement = (
-            select(*RECORD_COLUMNS)
-            .where(table.c.tenant_id == tenant_id, table.c.sequence_number >= from_sequence)
-            .order_by(table.c.sequence_number)
-        )
-        if to_sequence is not None:
-            statement = statement.where(table.c.sequence_number <= to_sequence)
+        statement = record_rows_query(tenant_id, from_sequence, to_sequence)
         with (
             translated_errors(f"reading records of tenant {tenant_id!r}"),
             self.engine.connect().execution_options(
@@ -374,11 +383,7 @@ class AuditReader:
         ):
             head = connection.execute(head_query).one_or_none()
             yield ChainHead(tenant_id, *head) if head else ChainHead.empty(tenant_id)
-            rows = connection.execution_options(
-                stream_results=True, yield_per=STREAM_CHUNK_ROWS
-            ).execute(statement)
-            for row in rows:
-                yield hashed_record(row)
+            yield from stream_rows(connection, statement, STREAM_CHUNK_ROWS)
 
     def record_hash_at(self, tenant_id: str, sequence_number: int) -> str | None:
         """The stored record_hash of one record, or None when there is no such record."""

@@ -13,13 +13,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, text
 
 from audit_service.core.merkle import leaf_hash
+from audit_service.core.record_text import record_of
 from audit_service.core.tiles import Tile
 from audit_service.storage.engine import translated_errors
-from audit_service.storage.models import AuditRecord
-from audit_service.storage.reader import RECORD_COLUMNS, CheckpointRow, hashed_record
+from audit_service.storage.reader import CheckpointRow, record_rows_query
 
 _CHECKPOINT = (
     "SELECT tenant_id, tree_size, root_hash, key_name, created_at, note "
@@ -63,12 +63,10 @@ class TreeReader:
 
     def record(self, sequence_number: int) -> dict[str, Any] | None:
         """The record exactly as hashed, plus record_hash (what `export` writes)."""
-        table = AuditRecord.__table__
-        statement = select(*RECORD_COLUMNS).where(
-            table.c.tenant_id == self.tenant_id, table.c.sequence_number == sequence_number)
+        statement = record_rows_query(self.tenant_id, sequence_number, sequence_number)
         with translated_errors("reading a record"):
             row = self._connection.execute(statement).one_or_none()
-        return None if row is None else hashed_record(row)
+        return None if row is None else record_of(tuple(row))
 
     def tiles(self, tiles: Sequence[Tile]) -> dict[Tile, list[bytes]]:
         """Each tile's hashes in order (as many as exist), leaves as leaf hashes; no

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from audit_service.core.chain import TENANT_ID_PATTERN
 from audit_service.core.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -18,7 +19,6 @@ from audit_service.core.checkpoint import (
     tenant_from_origin,
     tenant_origin,
 )
-from audit_service.core.event_schema import TENANT_ID_PATTERN
 from audit_service.core.merkle import (
     EMPTY_ROOT,
     MAX_TREE_SIZE,

@@ -17,7 +17,8 @@ from typing_extensions import TypedDict
 from audit_service.core.chain import TENANT_ID_PATTERN
 
 _NESTED = ConfigDict(extra="allow", strict=True)
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""The form audit_id is stored in (use with fullmatch); other UUID spellings are normalised."""
 
 
 @with_config(_NESTED)
@@ -127,7 +128,7 @@ class WireEvent(BaseModel):
     @field_validator("audit_id")
     @classmethod
     def _uuid(cls, value: str) -> str:
-        if _CANONICAL_UUID.fullmatch(value):
+        if CANONICAL_UUID.fullmatch(value):
             return value
         try:
             return str(uuid.UUID(value))

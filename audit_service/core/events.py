@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -22,6 +23,7 @@ from audit_service.core.chain import (
     stable_number,
 )
 from audit_service.core.event_schema import NESTED_SCHEMAS, WireEvent
+from audit_service.core.event_shape import well_formed
 from audit_service.core.taxonomy import EVENT_CATEGORIES, RESERVED_EVENT_TYPES
 
 EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
@@ -30,6 +32,10 @@ EARLIEST_EVENT_TIME: Final = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_NESTING_DEPTH: Final = 64
 """Deeper JSON is rejected: no real audit event needs it and it endangers every consumer."""
 
+_RENDERED_TIMESTAMP: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+)
+"""`chain.format_timestamp`'s output shape: a valid date in it renders back to itself."""
 _MAX_REASON_ERRORS: Final = 3
 _MAX_LOCATION_CHARS: Final = 128
 
@@ -166,7 +172,10 @@ def _describe_errors(prefix: str, exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def _validate_schema(document: dict[str, Any]) -> WireEvent:
+def validate_schema(document: dict[str, Any]) -> dict[str, Any]:
+    """The full pydantic schema: the validated fields with defaults filled in (event_category
+    None when absent), or EventRejected worded from pydantic's errors. `parse_event` asks
+    `event_shape.well_formed` first and comes here when it is not sure."""
     tenant = document.get("tenant_id") if isinstance(document.get("tenant_id"), str) else None
     audit_id = document.get("audit_id") if isinstance(document.get("audit_id"), str) else None
     try:
@@ -183,33 +192,48 @@ def _validate_schema(document: dict[str, Any]) -> WireEvent:
                 "schema violation: " + _describe_errors(name, exc), wire.tenant_id,
                 wire.audit_id, kind="schema",
             ) from None
-    return wire
+    return dict(wire.__dict__)  # the validated fields; model_dump() would deep-copy them
 
 
-def _check_semantics(wire: WireEvent, key: str | None) -> str:
+def _check_semantics(event: dict[str, Any], key: str | None) -> str:
     """Cross-field rules; returns the event_category to record."""
-    def reject(reason: str, kind: str) -> EventRejected:
-        return EventRejected(reason, wire.tenant_id, wire.audit_id, kind=kind)
+    tenant, event_type, sent_category = (
+        event["tenant_id"], event["event_type"], event["event_category"]
+    )
 
-    if key is not None and key != wire.tenant_id:
+    def reject(reason: str, kind: str) -> EventRejected:
+        return EventRejected(reason, tenant, event["audit_id"], kind=kind)
+
+    if key is not None and key != tenant:
         raise reject(
-            f"message key {key[:140]!r} does not match tenant_id {wire.tenant_id!r}",
-            "key_mismatch",
+            f"message key {key[:140]!r} does not match tenant_id {tenant!r}", "key_mismatch",
         )
-    if wire.event_type in RESERVED_EVENT_TYPES:
+    if event_type in RESERVED_EVENT_TYPES:
         raise reject(
-            f"event_type {wire.event_type!r} is reserved for the audit-service", "reserved_type"
+            f"event_type {event_type!r} is reserved for the audit-service", "reserved_type"
         )
-    category = EVENT_CATEGORIES.get(wire.event_type)
+    category = EVENT_CATEGORIES.get(event_type)
     if category is None:
-        raise reject(f"unknown event_type {wire.event_type[:128]!r}", "taxonomy")
-    if wire.event_category is not None and wire.event_category != category:
+        raise reject(f"unknown event_type {event_type[:128]!r}", "taxonomy")
+    if sent_category is not None and sent_category != category:
         raise reject(
-            f"event_category {wire.event_category[:64]!r} does not match "
-            f"{wire.event_type!r} (expected {category!r})",
+            f"event_category {sent_category[:64]!r} does not match "
+            f"{event_type!r} (expected {category!r})",
             "taxonomy",
         )
     return category
+
+
+def event_time(text: str) -> tuple[datetime, str]:
+    """The moment of an RFC 3339 timestamp and its hashed rendering. Most producers send
+    the hashed form already; such a text is parsed once and kept, not re-rendered."""
+    if _RENDERED_TIMESTAMP.fullmatch(text):
+        try:
+            return datetime.fromisoformat(text), text
+        except ValueError:
+            pass  # e.g. February 30th: parse_timestamp words the error
+    moment = parse_timestamp(text)
+    return moment, format_timestamp(moment)
 
 
 def parse_event(
@@ -242,21 +266,21 @@ def parse_event(
         )
     if _may_hide_problems(text):
         _check_tree(document, "event")
-    wire = _validate_schema(document)
-    category = _check_semantics(wire, key_text)
+    event = well_formed(document)
+    if event is None:
+        event = validate_schema(document)
+    event["event_category"] = _check_semantics(event, key_text)
+    sent = event["timestamp"]
     try:
-        moment = parse_timestamp(wire.timestamp)
+        moment, event["timestamp"] = event_time(sent)
     except TimestampError as exc:
         raise EventRejected(
-            f"timestamp: {exc}", wire.tenant_id, wire.audit_id, kind="timestamp"
+            f"timestamp: {exc}", event["tenant_id"], event["audit_id"], kind="timestamp"
         ) from None
     if moment < EARLIEST_EVENT_TIME or moment > now + limits.max_clock_skew:
         raise EventRejected(
-            f"timestamp {wire.timestamp[:64]!r} is outside the accepted window "
+            f"timestamp {sent[:64]!r} is outside the accepted window "
             f"({EARLIEST_EVENT_TIME:%Y-%m-%d} .. now + {limits.max_clock_skew})",
-            wire.tenant_id, wire.audit_id, kind="timestamp",
+            event["tenant_id"], event["audit_id"], kind="timestamp",
         )
-    event = dict(wire.__dict__)  # the validated fields; model_dump() would deep-copy them
-    event["event_category"] = category
-    event["timestamp"] = format_timestamp(moment)
     return event

@@ -2,11 +2,12 @@
 
 A record's canonical text (what is hashed) and its COPY row differ from one possible link to
 the next only in four fields: sequence_number, previous_hash, ingested_at and, in the row,
-record_hash. `render` builds both texts once per event with those fields left open; it runs
-while the previous batch commits. `link` fills them in while the tenant's head is locked,
-which leaves string concatenation and one SHA-256 per event on the transaction's critical
-path. The hash is exactly `chain.compute_record_hash` of the full record; the tests compare
-the two (and the rows with `record_mapping.copy_line`) over every kind of value.
+record_hash. `render` builds both texts once per event, as parts to be joined around those
+fields (no placeholder that content could imitate); it runs while the previous batch
+commits. `link` fills them in while the tenant's head is locked, which leaves string
+concatenation and one SHA-256 per event on the transaction's critical path. The hash is
+exactly `chain.compute_record_hash` of the full record; the tests compare the two (and the
+rows with `record_mapping.copy_line`) over every kind of value.
 """
 
 from __future__ import annotations
@@ -15,26 +16,18 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from json.encoder import encode_basestring_ascii
+from typing import Any, NamedTuple
 
-from audit_service.core.chain import EVENT_FIELDS, ChainHead, canonical_json
-from audit_service.core.events import EventRejected
-from audit_service.core.record_mapping import copy_line
+from audit_service.core.chain import ChainHead, compact_json_encoder
+from audit_service.core.record_mapping import open_row
 
-_OPEN: Final = "\x00"
-"""Placeholder for an open field. Validation rejects NUL anywhere in an event (keys and
-values), so in a rendered text it can only mark a placeholder."""
-_OPEN_IN_JSON: Final = json.dumps(_OPEN)
-"""The placeholder as the canonical (ASCII-escaped) JSON renders it: `"\\u0000"`."""
-_HASH_PARTS: Final = 4
-"""Canonical keys are sorted: ingested_at, previous_hash, sequence_number open in that order."""
-_ROW_PARTS: Final = 5
-"""COPY columns: sequence_number, previous_hash, ingested_at, record_hash open in that order."""
+_encode_sorted = compact_json_encoder(sort_keys=True)
 
 
 class PendingRecord(NamedTuple):
-    """A validated event as texts with the links left open: nothing but strings in a
-    NamedTuple, the cheapest shape to pickle between processes (see `ingest.validation_pool`)."""
+    """A validated event as texts with the links left open: nothing but strings, so the
+    validation worker can send it as one string (see `ingest.validation_pool`)."""
 
     tenant_id: str
     audit_id: str
@@ -60,35 +53,42 @@ class LinkedRecord:
         return record | {"record_hash": self.record_hash}
 
 
-def _with_open_links(event: Mapping[str, Any]) -> dict[str, Any]:
-    return {field: event[field] for field in EVENT_FIELDS} | {
-        "sequence_number": _OPEN, "previous_hash": _OPEN, "ingested_at": _OPEN,
-        "record_hash": _OPEN,
-    }
-
-
-def _split_canonical(record: Mapping[str, Any]) -> tuple[str, ...]:
-    parts = tuple(canonical_json(record).split(_OPEN_IN_JSON))
-    if len(parts) != _HASH_PARTS:
-        raise EventRejected("NUL character in the event", record["tenant_id"],
-                            record["audit_id"], kind="nul")
-    return parts
+def _strings(values: list[str]) -> str:
+    return "[" + ",".join(map(encode_basestring_ascii, values)) + "]"
 
 
 def canonical_parts(event: Mapping[str, Any]) -> tuple[str, ...]:
-    """The canonical text of `event`'s producer-supplied fields, split at the open links."""
-    return _split_canonical(_with_open_links(event))
+    """The canonical text of `event`'s producer-supplied fields, cut open where
+    ingested_at, previous_hash and sequence_number go.
+
+    Written out key by key in sorted order (what `chain.canonical_json` does with
+    `sort_keys`), which saves building and sorting the record dict for every event. Every
+    string is escaped, since stored records are compared this way too (a redelivery or a
+    conflict), except the timestamp: `chain.format_timestamp` renders it, never a producer.
+    """
+    text = encode_basestring_ascii
+    return (
+        f'{{"actor_id":{text(event["actor_id"])},'
+        f'"actor_permissions":{_strings(event["actor_permissions"])},'
+        f'"actor_type":{text(event["actor_type"])},"alert_id":{text(event["alert_id"])},'
+        f'"audit_id":{text(event["audit_id"])},"context":{_encode_sorted(event["context"])},'
+        f'"decision":{_encode_sorted(event["decision"])},'
+        f'"entity_ids":{_strings(event["entity_ids"])},'
+        f'"event_category":{text(event["event_category"])},'
+        f'"event_type":{text(event["event_type"])},"ingested_at":',
+        f',"investigation_id":{text(event["investigation_id"])},'
+        f'"outcome":{_encode_sorted(event["outcome"])},"previous_hash":',
+        f',"record_version":{text(event["record_version"])},"sequence_number":',
+        f',"severity":{text(event["severity"])},'
+        f'"source_service":{text(event["source_service"])},'
+        f'"tenant_id":{text(event["tenant_id"])},"timestamp":"{event["timestamp"]}"}}',
+    )
 
 
 def render(event: Mapping[str, Any], topic: str, partition: int, offset: int) -> PendingRecord:
     """Render a validated event (see `events.parse_event`) for `link`."""
-    record = _with_open_links(event)
-    row_parts = tuple(copy_line(record, topic, partition, offset).split(_OPEN))
-    if len(row_parts) != _ROW_PARTS:
-        raise EventRejected("NUL character in the event", event["tenant_id"],
-                            event["audit_id"], kind="nul")
     return PendingRecord(event["tenant_id"], event["audit_id"], event["timestamp"],
-                         _split_canonical(record), row_parts)
+                         canonical_parts(event), open_row(event, topic, partition, offset))
 
 
 def link(pending: PendingRecord, head: ChainHead, ingested_at: str) -> LinkedRecord:

@@ -7,6 +7,7 @@ JSONB values in their stable form).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from audit_service.core.chain import HASHED_FIELDS, compact_json_encoder, format_timestamp
@@ -55,10 +56,12 @@ def _text(value: str) -> str:
 
 def _array(values: list[str]) -> str:
     """A TEXT[] literal with every element quoted, then escaped for COPY."""
-    inner = ",".join(
-        '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in values
-    )
-    return _text("{" + inner + "}")
+    if not values:
+        return "{}"
+    inner = '","'.join(values)
+    if "\\" in inner or '"' in "".join(values):  # rare: escape element by element
+        inner = '","'.join(item.replace("\\", "\\\\").replace('"', '\\"') for item in values)
+    return _text('{"' + inner + '"}')
 
 
 def _jsonb(value: dict[str, Any]) -> str:
@@ -66,25 +69,36 @@ def _jsonb(value: dict[str, Any]) -> str:
     return _encode_json(value).replace("\\", "\\\\")
 
 
-def copy_line(
-    record: dict[str, Any], topic: str | None, partition: int | None, offset: int | None
-) -> str:
-    """One row of COPY ... FROM STDIN (text format) holding the same values as `row_values`.
+def open_row(
+    event: Mapping[str, Any], topic: str | None, partition: int | None, offset: int | None
+) -> tuple[str, str, str, str, str]:
+    """One row of COPY ... FROM STDIN (text format) holding the same values as `row_values`,
+    cut open around the columns that depend on the link: sequence_number, previous_hash,
+    ingested_at and record_hash, in that order (`copy_line` fills them in).
 
     Written out field by field because it runs once per event on the hot path. Fields the
     validator restricts (ids, hashes, taxonomy values, timestamps) cannot contain COPY's
     special characters and are not escaped.
     """
-    return "\t".join((
-        record["audit_id"], record["tenant_id"], str(record["sequence_number"]),
-        record["previous_hash"], record["timestamp"], record["ingested_at"],
-        record["event_type"], record["event_category"], record["severity"],
-        record["actor_type"], _text(record["actor_id"]), _array(record["actor_permissions"]),
-        _text(record["investigation_id"]), _text(record["alert_id"]),
-        _array(record["entity_ids"]), _jsonb(record["context"]), _jsonb(record["decision"]),
-        _jsonb(record["outcome"]), _text(record["source_service"]),
-        _text(record["record_version"]), record["record_hash"],
-        _NULL if topic is None else _text(topic),
-        _NULL if partition is None else str(partition),
-        _NULL if offset is None else str(offset),
-    )) + "\n"
+    return (
+        f"{event['audit_id']}\t{event['tenant_id']}\t", "\t", f"\t{event['timestamp']}\t",
+        f"\t{event['event_type']}\t{event['event_category']}\t{event['severity']}"
+        f"\t{event['actor_type']}\t{_text(event['actor_id'])}"
+        f"\t{_array(event['actor_permissions'])}\t{_text(event['investigation_id'])}"
+        f"\t{_text(event['alert_id'])}\t{_array(event['entity_ids'])}"
+        f"\t{_jsonb(event['context'])}\t{_jsonb(event['decision'])}"
+        f"\t{_jsonb(event['outcome'])}\t{_text(event['source_service'])}"
+        f"\t{_text(event['record_version'])}\t",
+        f"\t{_NULL if topic is None else _text(topic)}"
+        f"\t{_NULL if partition is None else partition}"
+        f"\t{_NULL if offset is None else offset}\n",
+    )
+
+
+def copy_line(
+    record: dict[str, Any], topic: str | None, partition: int | None, offset: int | None
+) -> str:
+    """One row of COPY ... FROM STDIN (text format) for a hashed `record`."""
+    r0, r1, r2, r3, r4 = open_row(record, topic, partition, offset)
+    return (f"{r0}{record['sequence_number']}{r1}{record['previous_hash']}{r2}"
+            f"{record['ingested_at']}{r3}{record['record_hash']}{r4}")

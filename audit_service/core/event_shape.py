@@ -20,9 +20,9 @@ import types
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Union, cast, get_args, get_origin, get_type_hints
 
+from audit_service.core.chain import TENANT_ID_PATTERN
 from audit_service.core.event_schema import (
     CANONICAL_UUID,
-    TENANT_ID_PATTERN,
     ContextFields,
     DecisionFields,
     OutcomeFields,

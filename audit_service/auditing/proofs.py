@@ -17,8 +17,6 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from audit_service.auditing.export_verify import export_line
-from audit_service.core.chain import compute_record_hash
 from audit_service.core.checkpoint import CheckpointError, parse_checkpoint
 from audit_service.core.encoding import b64encode
 from audit_service.core.errors import ConfigurationError, IntegrityFailure
@@ -32,6 +30,7 @@ from audit_service.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from audit_service.core.record_text import RECORD_HASH, export_line, row_hash
 from audit_service.core.tiles import TileError, TileReader
 from audit_service.storage.reader import CheckpointRow
 from audit_service.storage.tree_reader import TreeReader, tree_reader
@@ -53,14 +52,15 @@ def prove_inclusion(
                 f"size {size} (its sequences are 0..{size - 1})")
         root = _signed_root(checkpoint)
         where = f"tenant {tenant_id!r} sequence {sequence_number}"
-        record = reader.record(sequence_number)
-        if record is None:
+        row = reader.record(sequence_number)
+        if row is None:
             raise IntegrityFailure(f"{where}: the record is missing, yet the checkpoint at "
                                    f"tree size {size} covers it")
-        if compute_record_hash(record) != record["record_hash"]:
+        record_hash = row[RECORD_HASH]
+        if row_hash(row) != record_hash:
             raise IntegrityFailure(f"{where}: the record does not hash to its record_hash "
-                                   f"{record['record_hash']}")
-        leaf = leaf_hash(bytes.fromhex(record["record_hash"]))
+                                   f"{record_hash}")
+        leaf = leaf_hash(bytes.fromhex(record_hash))
         try:
             tiles = TileReader.fetched(
                 size, inclusion_nodes(sequence_number, size), reader.tiles)
@@ -71,7 +71,7 @@ def prove_inclusion(
                 f"{where}: {_STALE} at tree size {size}: {exc}") from None
     return {
         "tenant_id": tenant_id, "sequence_number": sequence_number, "tree_size": size,
-        "leaf_index": sequence_number, "record": json.loads(export_line(record)),
+        "leaf_index": sequence_number, "record": json.loads(export_line(row)),
         "inclusion_proof": [b64encode(h) for h in proof], "checkpoint": checkpoint.note,
     }
 

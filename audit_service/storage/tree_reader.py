@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
 from audit_service.core.merkle import leaf_hash
-from audit_service.core.record_text import record_of
+from audit_service.core.record_text import RecordRow
 from audit_service.core.tiles import Tile
 from audit_service.storage.engine import translated_errors
 from audit_service.storage.reader import CheckpointRow, record_rows_query
@@ -61,12 +60,12 @@ class TreeReader:
         tenant, size, root, key_name, created_at, note = row
         return CheckpointRow(tenant, size, bytes(root), key_name, created_at, note)
 
-    def record(self, sequence_number: int) -> dict[str, Any] | None:
-        """The record exactly as hashed, plus record_hash (what `export` writes)."""
+    def record(self, sequence_number: int) -> RecordRow | None:
+        """The record's row as `export` renders it (`record_text.ROW_FIELDS`)."""
         statement = record_rows_query(self.tenant_id, sequence_number, sequence_number)
         with translated_errors("reading a record"):
             row = self._connection.execute(statement).one_or_none()
-        return None if row is None else record_of(tuple(row))
+        return None if row is None else tuple(row)
 
     def tiles(self, tiles: Sequence[Tile]) -> dict[Tile, list[bytes]]:
         """Each tile's hashes in order (as many as exist), leaves as leaf hashes; no

@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from audit_service.config import Settings
+from audit_service.core.record_text import record_of
 from audit_service.core.signed_note import generate_signer
 from audit_service.dev.devstack import create_topic
 from audit_service.ingest.daemon import Daemon, RunLimits, RunTotals, StopSignal
@@ -154,11 +155,16 @@ def run_until_idle(settings: Settings, timeout_s: float = DAEMON_TIMEOUT_S) -> R
     return totals
 
 
+def records_of(reader: AuditReader, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's records as hashed dicts, in sequence order, read in one snapshot."""
+    return [record_of(row) for row in reader.read_chain_rows(tenant_id)[1]]
+
+
 def chain_of(database_url: str, tenant_id: str) -> list[dict[str, Any]]:
     """A tenant's records as hashed dicts, in sequence order, read back from PostgreSQL."""
     engine = create_engine(database_url)
     try:
-        return list(AuditReader(engine).iter_records(tenant_id))
+        return records_of(AuditReader(engine), tenant_id)
     finally:
         engine.dispose()
 

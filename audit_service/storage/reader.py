@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit_service.core.chain import EVENT_FIELDS, ChainHead
 from audit_service.core.checkpoint import SignedCheckpoint
-from audit_service.core.record_text import ROW_FIELDS, RecordRow, record_of
+from audit_service.core.record_text import ROW_FIELDS, RecordRow
 from audit_service.core.stored import StoredRecord, StoredReject
 from audit_service.storage.engine import stream_rows, translated_errors
 from audit_service.storage.models import (
@@ -336,20 +336,6 @@ class AuditReader:
             statement = statement.where(AuditRecord.tenant_id == tenant_id)
         with translated_errors("counting records"), Session(self.engine) as session:
             return int(session.scalar(statement) or 0)
-
-    def iter_records(
-        self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """One tenant's records (hashed dict plus record_hash) in sequence order, streamed
-        in one snapshot, in constant memory."""
-        return map(record_of, self.read_chain_rows(tenant_id, from_sequence, to_sequence)[1])
-
-    def read_chain(
-        self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None
-    ) -> tuple[ChainHead, Iterator[dict[str, Any]]]:
-        """`read_chain_rows` with each record as a dict."""
-        head, rows = self.read_chain_rows(tenant_id, from_sequence, to_sequence)
-        return head, map(record_of, rows)
 
     def read_chain_rows(
         self, tenant_id: str, from_sequence: int = 0, to_sequence: int | None = None

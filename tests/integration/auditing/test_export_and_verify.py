@@ -21,6 +21,7 @@ from support import (
     database_url_for,
     new_topic,
     produce_events,
+    records_of,
     run_until_idle,
     scalar,
     service_settings,
@@ -243,7 +244,7 @@ def test_database_verify_catches_tampering(
 
 def test_database_verify_catches_a_forged_record_that_hashes_and_links(url: str) -> None:
     engine = create_engine(url)
-    last = list(AuditReader(engine).iter_records(TENANT))[-1]
+    last = records_of(AuditReader(engine), TENANT)[-1]
     head = ChainHead(TENANT, last["sequence_number"], last["record_hash"])
     forged = chain_event(head, {**last, "audit_id": str(uuid.uuid4()), "actor_id": "mallory"},
                          parse_timestamp(last["ingested_at"]) + timedelta(seconds=1))

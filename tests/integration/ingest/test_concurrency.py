@@ -17,6 +17,7 @@ from audit_service.core.chain import verify_chain
 from audit_service.core.events import ValidationLimits
 from audit_service.core.messages import ConsumedMessage
 from audit_service.core.outcomes import BatchOutcome
+from audit_service.core.record_text import record_of
 from audit_service.ingest.batch import commit_batch
 from audit_service.storage.reader import AuditReader
 
@@ -117,7 +118,8 @@ def test_verify_reads_the_head_and_the_records_from_one_snapshot(database_url: s
     engine = create_engine(database_url)
     try:
         commit_batch(engine, _messages("tenant-v", 0, 0, 5), GROUP, LIMITS)
-        head, records = AuditReader(engine).read_chain("tenant-v")
+        head, rows = AuditReader(engine).read_chain_rows("tenant-v")
+        records = map(record_of, rows)
         commit_batch(engine, _messages("tenant-v", 0, 5, 5), GROUP, LIMITS)
 
         result = verify_chain("tenant-v", records, expected_head=head)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 
 from sqlalchemy import create_engine, text
-from support import reference_root, wire_event
+from support import records_of, reference_root, wire_event
 from test_concurrency import GROUP, LIMITS, _in_parallel
 
 from audit_service.core.chain import verify_chain
@@ -56,7 +56,7 @@ def test_one_batch_of_known_and_new_tenants_saves_every_head_and_tree(
         mixed = [t for pair in zip(known, new, strict=False) for t in pair] + new[600:]
         outcome = commit_batch(engine, _batch(mixed, 0, offset), GROUP, LIMITS)
         reader = AuditReader(engine)
-        chains = {tenant: list(reader.iter_records(tenant)) for tenant in known + new}
+        chains = {tenant: records_of(reader, tenant) for tenant in known + new}
     finally:
         engine.dispose()
 
@@ -104,7 +104,7 @@ def test_two_writers_over_overlapping_tenant_sets_neither_deadlock_nor_fork(
         reader = AuditReader(engine)
         lengths = {}
         for tenant in tenants[::50] + tenants[495:505] + tenants[-1:]:
-            chain = list(reader.iter_records(tenant))
+            chain = records_of(reader, tenant)
             assert verify_chain(tenant, chain).valid, tenant
             lengths[tenant] = len(chain)
     finally:

@@ -65,6 +65,7 @@ _SAVE_CHECKPOINTED = text(
     "AS v(tenant_id, checkpointed_size, checkpointed_at) WHERE s.tenant_id = v.tenant_id"
 )
 
+
 @dataclass(frozen=True, slots=True)
 class NewCheckpoint:
     """A checkpoint signed inside the batch transaction whose records it covers."""

@@ -41,8 +41,15 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
+# Test processes (pytest-xdist). Most of the suite waits on daemons, brokers and
+# PostgreSQL rather than computing (one process keeps 2 cores about a quarter busy), so
+# four share 2 cores well; each starts its own PostgreSQL and broker. worksteal: the long
+# fault scenarios do not end up queued behind each other at the end.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # The suite against the newest versions pyproject.toml's ranges allow (not the lock), in
 # a separate, fresh virtualenv: what someone installing the package into their own
@@ -57,7 +64,7 @@ test-latest:
 	@echo "newest versions the ranges allow:"
 	@$(LATEST_VENV)/bin/python -m pip list --disable-pip-version-check --format=freeze
 	$(LATEST_VENV)/bin/ruff check .
-	$(LATEST_VENV)/bin/pytest
+	$(LATEST_VENV)/bin/pytest $(PYTEST_PARALLEL)
 
 # Re-resolve the locks after a change to pyproject.toml, keeping every pin that still
 # fits; lock-upgrade moves every pin to the newest version the ranges allow. The runtime

@@ -95,6 +95,12 @@ def is_row_specific(exc: Exception) -> bool:
     return code is not None and code.startswith(_ROW_CLASSES)
 
 
+def violated_constraint(exc: BaseException | None) -> str | None:
+    """The name of the constraint a driver error violated, None for any other error."""
+    driver = _driver_error(exc) if isinstance(exc, Exception) else None
+    return driver.diag.constraint_name if driver is not None else None
+
+
 def describe(exc: Exception) -> str:
     """One line, without SQL or parameters (which may hold event payloads)."""
     driver = _driver_error(exc)

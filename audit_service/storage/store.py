@@ -22,7 +22,7 @@ from audit_service.core.checkpoint import SignedCheckpoint
 from audit_service.core.merkle import CompactRange, Node
 from audit_service.core.record_mapping import COPY_COLUMNS, record_from_row
 from audit_service.core.tree_state import TreeState
-from audit_service.storage.engine import RecordRefused, translated_errors
+from audit_service.storage.engine import RecordRefused, translated_errors, violated_constraint
 from audit_service.storage.models import (
     AuditChainState,
     AuditCheckpoint,
@@ -64,6 +64,14 @@ _SAVE_CHECKPOINTED = text(
     "CAST(:checkpointed_sizes AS bigint[]), CAST(:checkpointed_ats AS timestamptz[])) "
     "AS v(tenant_id, checkpointed_size, checkpointed_at) WHERE s.tenant_id = v.tenant_id"
 )
+
+
+_AUDIT_ID_UNIQUE = "uq_audit_records_tenant_id_audit_id"
+
+
+class AuditIdTaken(RecordRefused):
+    """A copied record's (tenant_id, audit_id) is already stored: the batch was chained
+    without looking its audit_ids up first and must be redone with the lookup."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,17 +219,22 @@ class ChainStore:
         connection, so they commit or roll back with the heads and offsets."""
         if not lines:
             return
-        with translated_errors("copying audit records"):
-            dbapi_connection = self.session.connection().connection.dbapi_connection
-            assert dbapi_connection is not None  # checked out by the session's transaction
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.copy_expert(
-                    f"COPY audit_records ({', '.join(COPY_COLUMNS)}) FROM STDIN",
-                    io.StringIO("".join(lines)),
-                )
-            finally:
-                cursor.close()
+        try:
+            with translated_errors("copying audit records"):
+                dbapi_connection = self.session.connection().connection.dbapi_connection
+                assert dbapi_connection is not None  # checked out by the batch transaction
+                cursor = dbapi_connection.cursor()
+                try:
+                    cursor.copy_expert(
+                        f"COPY audit_records ({', '.join(COPY_COLUMNS)}) FROM STDIN",
+                        io.StringIO("".join(lines)),
+                    )
+                finally:
+                    cursor.close()
+        except RecordRefused as exc:
+            if violated_constraint(exc.__cause__) == _AUDIT_ID_UNIQUE:
+                raise AuditIdTaken(str(exc)) from exc.__cause__
+            raise
 
     def insert_record_isolated(self, row: dict[str, Any]) -> str | None:
         """Insert one record in a savepoint; return PostgreSQL's refusal, or None on success.

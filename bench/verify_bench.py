@@ -8,7 +8,8 @@ template, then re-stamped), COPYs them into a fresh migrated database, then time
 fetch of the rows verify reads (psycopg2 server-side cursor, nothing built or hashed: the
 floor under any reader) and the real CLI as a subprocess: `verify --jobs 1`, `verify
 --jobs 2`, `export` of every tenant (and of one record, the start-up cost), `verify
---file` of all the exports. Uses AUDIT_TEST_DATABASE_URL (an admin URL) when set,
+--tenant` of every tenant (as many start-ups as the exports), `verify --file` of all
+the exports. Uses AUDIT_TEST_DATABASE_URL (an admin URL) when set,
 otherwise an embedded PostgreSQL in a temporary directory. Prints records/s, client CPU
 and peak RSS per step, and the ratios of the targets.
 """
@@ -350,6 +351,11 @@ def main() -> None:
                        for f in files]
             results["export"] = rate = _rates(sum(timings[1:], timings[0]), records)
             _say(f"export (one process per tenant, {records // len(files):,} records each)", rate)
+            per_tenant = [_timed_cli(["verify", "--tenant", tenant, "--json"], url)
+                          for tenant in tenants]
+            results["verify_per_tenant"] = _rates(sum(per_tenant[1:], per_tenant[0]), records)
+            _say("verify --tenant (one process per tenant, as export)",
+                 results["verify_per_tenant"])
             startups = sorted((_timed_cli(["export", "--tenant", tenants[0], "--to-seq", "0",
                                            "--output", str(exports / f"one-{n}.jsonl")], url)
                                for n in range(STARTUP_RUNS)), key=lambda t: t.seconds)
@@ -380,6 +386,9 @@ def main() -> None:
                     results["export"]["records_per_s"] / verify_1["records_per_s"],
                 "export_over_verify_jobs_1_without_startups":
                     per_record_export / per_record_verify,
+                "export_over_verify_per_tenant":
+                    results["export"]["records_per_s"]
+                    / results["verify_per_tenant"]["records_per_s"],
                 "export_peak_rss_over_one_record_export":
                     results["export"]["peak_rss_mib"] / startup.peak_rss_mib,
             }
@@ -388,6 +397,8 @@ def main() -> None:
                    ratios["export_over_verify_jobs_1"], 1.0)
             _ratio("export / verify --jobs 1, start-ups subtracted",
                    ratios["export_over_verify_jobs_1_without_startups"], 1.0)
+            _ratio(f"export / verify --tenant (the same {len(files)} start-ups each)",
+                   ratios["export_over_verify_per_tenant"], 1.0)
             print(f"memory: export's peak RSS {results['export']['peak_rss_mib']:.0f} MiB for "
                   f"{records // len(files):,} records vs {startup.peak_rss_mib:.0f} MiB for one "
                   f"(x{ratios['export_peak_rss_over_one_record_export']:.2f}); verify --jobs 1 "

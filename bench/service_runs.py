@@ -34,7 +34,7 @@ class ServiceRun:
     counted: int
     """Records committed after the first batch's commit: those the span paid for."""
     genesis: PhaseRate | None = None
-    """Of a run where every tenant is new: its tenants' first events, then the rest."""
+    """Of a run where every tenant is new: the batches that start chains, then the rest."""
     steady: PhaseRate | None = None
 
     @property
@@ -46,7 +46,7 @@ class ServiceRun:
 
 @dataclass
 class PhaseRate:
-    """Events/s over part of a run, from the commit times (ingested_at) of its records."""
+    """Events/s over the batches of one phase of a run: their events over their times."""
 
     events: int
     seconds: float
@@ -56,17 +56,26 @@ class PhaseRate:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+# Per batch (one ingested_at, taken when its transaction starts): its events, how many are
+# a tenant's first, and its time up to the next batch's start (the topic is pre-filled, so
+# batches follow each other). Genesis batches: every event a tenant's first (each also
+# appends a genesis record and creates a head); steady: none; mixed batches are neither.
+# The partitions' first events are spread over seconds among other events, so timing the
+# span of the first events alone would charge the steady batches in between to genesis.
 _PHASE = text(
-    "SELECT count(*) FILTER (WHERE ingested_at > first), "
-    "EXTRACT(EPOCH FROM max(ingested_at) - min(ingested_at)) FROM "
-    "(SELECT ingested_at, min(ingested_at) OVER () AS first FROM audit_records "
-    "WHERE sequence_number > 0 AND (sequence_number = 1) = :first_events) AS phase"
+    "SELECT coalesce(sum(events), 0), coalesce(EXTRACT(EPOCH FROM sum(spent)), 0) FROM "
+    "(SELECT count(*) FILTER (WHERE sequence_number > 0) AS events, "
+    "count(*) FILTER (WHERE sequence_number = 1) AS firsts, "
+    "lead(ingested_at) OVER (ORDER BY ingested_at) - ingested_at AS spent "
+    "FROM audit_records GROUP BY ingested_at) AS batches "
+    "WHERE spent IS NOT NULL AND events > 0 "
+    "AND CASE WHEN :first_events THEN firsts = events ELSE firsts = 0 END"
 )
 
 
 def _phase(connection: Connection, first_events: bool) -> PhaseRate:
     counted, seconds = connection.execute(_PHASE, {"first_events": first_events}).one()
-    return PhaseRate(counted, float(seconds or 0.0))
+    return PhaseRate(int(counted), float(seconds))
 
 
 def _env(database_url: str, bootstrap: str, topic: str, health_port: int) -> dict[str, str]:

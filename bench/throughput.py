@@ -73,7 +73,7 @@ def _print_tenants(by_tenants: dict[int, ServiceRun], ceiling: float, big: Servi
     """The tenants table (checkpoints on) and its targets' ratios."""
     base = by_tenants[DEFAULT_TENANTS]
     print(f"\n{'tenants':>8} {'events/s':>10} {'x 20 tenants':>13} {'peak RSS MiB':>13}  "
-          "genesis phase / steady phase (events/s)")
+          "genesis batches / steady batches (events/s)")
     most = max(by_tenants)
     for tenants, run in by_tenants.items():
         # Only the largest count's first events span enough batches to time them apart.

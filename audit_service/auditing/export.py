@@ -24,6 +24,8 @@ from audit_service.core.record_text import RECORD_HASH, SEQUENCE_NUMBER, export_
 from audit_service.storage.reader import WHOLE_CHAIN, AuditReader, SequenceRange
 
 STDOUT = "-"
+WRITE_LINES = 512
+"""Lines joined into one write: a TextIO write per ~1.7 KB line cost more than its line."""
 
 @dataclass(frozen=True, slots=True)
 class ExportSummary:
@@ -44,12 +46,17 @@ def write_export(
     first = last = None
     last_hash = None
     _, rows = reader.read_chain_rows(tenant_id, scope.first, scope.last)
+    lines: list[str] = []
     for row in rows:
-        out.write(export_line(row))
+        lines.append(export_line(row))
+        if len(lines) == WRITE_LINES:
+            out.write("".join(lines))
+            lines.clear()
         count += 1
         if first is None:
             first = row[SEQUENCE_NUMBER]
         last, last_hash = row[SEQUENCE_NUMBER], row[RECORD_HASH]
+    out.write("".join(lines))
     return ExportSummary(tenant_id, count, first, last, last_hash)
 
 

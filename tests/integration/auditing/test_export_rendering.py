@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, insert
 from support import wire_event
 
+from audit_service.auditing.export import WRITE_LINES
 from audit_service.cli import main
 from audit_service.core.chain import (
     GENESIS_PREVIOUS_HASH,
@@ -130,3 +131,28 @@ def test_a_range_export_is_the_same_lines(database_url: str, tmp_path: Path) -> 
                   "2", "--output", str(path))
     assert result.exit_code == 0, result.output
     assert path.read_bytes() == b"".join(_spec_line(record) for record in records[1:3])
+
+
+def test_an_export_of_several_writes_has_every_line_once_in_order(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Lines are written WRITE_LINES at a time: cover two full writes and a partial one.
+    count = 2 * WRITE_LINES + 3
+    records = [genesis_record(TENANT, CREATED)]
+    for n in range(count):
+        wire = wire_event(TENANT, timestamp="2026-11-26T16:19:16Z")
+        event = parse_event(TENANT.encode(), json.dumps(wire).encode(),
+                            ValidationLimits(), CREATED)
+        head = advance(ChainHead.empty(TENANT), records[-1])
+        records.append(chain_event(head, event, CREATED + timedelta(microseconds=n + 1)))
+    _store(database_url, records)
+    path = tmp_path / "long.jsonl"
+    result = _cli(database_url, "export", "--tenant", TENANT, "--output", str(path))
+    assert result.exit_code == 0, result.output
+
+    exported = path.read_bytes()
+    assert exported == b"".join(_spec_line(record) for record in records)
+    assert _independent_check(exported.splitlines(keepends=True)) == records[-1]["record_hash"]
+    piped = _cli(database_url, "export", "--tenant", TENANT, "--output", "-")
+    assert piped.exit_code == 0
+    assert piped.stdout_bytes == exported

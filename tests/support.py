@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import Producer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -588,3 +588,18 @@ class StreamProducer(threading.Thread):
     def valid(self) -> int:
         """Events that must be chained (the rest must be rejected); known before the run."""
         return self.total - (self.total // self.reject_every if self.reject_every else 0)
+
+
+@contextlib.contextmanager
+def statements_run(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements the engine sends meanwhile (raw-cursor COPY is not among them)."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)

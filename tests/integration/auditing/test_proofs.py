@@ -9,14 +9,13 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, create_engine, event, text
-from support import chain_of, verify_note_independently
+from sqlalchemy import Engine, create_engine, text
+from support import chain_of, statements_run, verify_note_independently
 from tree_support import ORIGIN, Reference, chain_with_checkpoints
 
 from audit_service.auditing.export_verify import export_line
@@ -70,21 +69,6 @@ def _prove(engine: Engine, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@contextmanager
-def _counted(engine: Engine) -> Iterator[list[str]]:
-    """The SQL statements the engine runs meanwhile."""
-    seen: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 def _tamper(engine: Engine, table: str, statements: list[tuple[str, dict[str, Any]]]) -> None:
     """Run statements as the superuser with the append-only triggers of `table` off."""
     with engine.begin() as connection:
@@ -117,7 +101,7 @@ def test_proofs_match_the_rfc_reference_and_the_signed_roots(
     for size in SIZES:
         edges = {0, 1, 254, 255, 256, 257, 511, 512, size - 2, size - 1}
         for index in sorted({i for i in edges if i < size} | set(rng.sample(range(size), 8))):
-            with _counted(chained) as statements:
+            with statements_run(chained) as statements:
                 document = prove_inclusion(chained, TENANT, index, size)
             assert len(statements) == STATEMENTS_PER_PROOF, (index, size, statements)
             assert list(document) == INCLUSION_KEYS
@@ -127,7 +111,7 @@ def test_proofs_match_the_rfc_reference_and_the_signed_roots(
                     document["leaf_index"], document["checkpoint"]) == (
                 TENANT, index, size, index, notes[size])
         for old in SIZES[: SIZES.index(size) + 1]:
-            with _counted(chained) as statements:
+            with statements_run(chained) as statements:
                 document = prove_consistency(chained, TENANT, old, size)
             expected = STATEMENTS_PER_PROOF - (old == size)
             assert len(statements) == expected, (old, size, statements)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
-from support import records_of, wire_event
+from sqlalchemy import Engine, create_engine, text
+from support import records_of, statements_run, wire_event
 
 from audit_service.core.chain import verify_chain
 from audit_service.core.events import ValidationLimits
@@ -31,20 +30,6 @@ def _messages(events: list[dict[str, Any]], first_offset: int) -> list[ConsumedM
                             json.dumps(e).encode()) for n, e in enumerate(events)]
 
 
-@contextmanager
-def _statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", note)
-
-
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = create_engine(database_url)
@@ -60,7 +45,7 @@ def test_a_batch_of_new_audit_ids_is_chained_in_one_attempt_without_the_lookup(
     engine: Engine,
 ) -> None:
     events = [wire_event(f"tenant-{n % 3}") for n in range(30)]
-    with _statements(engine) as seen:
+    with statements_run(engine) as seen:
         outcome = commit_batch(engine, _messages(events, 0), GROUP, LIMITS)
 
     assert (outcome.chained, outcome.duplicates, outcome.rejected) == (30, 0, 0)
@@ -80,7 +65,7 @@ def test_a_stored_audit_id_redelivered_at_a_new_offset_is_a_duplicate_or_a_confl
     fresh = [wire_event("tenant-r") for _ in range(5)]
     second = [fresh[0], redelivered, fresh[1], conflicting, *fresh[2:]]
 
-    with _statements(engine) as seen:
+    with statements_run(engine) as seen:
         outcome = commit_batch(engine, _messages(second, 10), GROUP, LIMITS)
 
     assert (outcome.chained, outcome.duplicates, outcome.rejected) == (5, 1, 1)
@@ -108,7 +93,7 @@ def test_an_audit_id_twice_in_one_batch_is_one_record_without_a_second_attempt(
     engine: Engine,
 ) -> None:
     events = [wire_event("tenant-d") for _ in range(4)]
-    with _statements(engine) as seen:
+    with statements_run(engine) as seen:
         outcome = commit_batch(engine, _messages([*events, events[1]], 0), GROUP, LIMITS)
 
     assert (outcome.chained, outcome.duplicates, outcome.rejected) == (4, 1, 0)

@@ -56,10 +56,10 @@ def _wire_events() -> list[dict[str, Any]]:
     ]
 
 
-def _chain() -> list[dict[str, Any]]:
+def _chain(wires: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Records exactly as the writer chains them (events validated as it does)."""
     records = [genesis_record(TENANT, CREATED)]
-    for n, wire in enumerate(_wire_events()):
+    for n, wire in enumerate(_wire_events() if wires is None else wires):
         event = parse_event(TENANT.encode(), json.dumps(wire).encode(), ValidationLimits(),
                             CREATED)
         head = advance(ChainHead.empty(TENANT), records[-1])
@@ -100,19 +100,26 @@ def _independent_check(lines: list[bytes]) -> str:
     return previous
 
 
+def _exported_as_the_spec_renders(url: str, records: list[dict[str, Any]],
+                                  path: Path) -> Result:
+    """Store `records`, export them to `path`, and check the file line by line against
+    the spec's rendering and its own check; returns the export's CLI result."""
+    _store(url, records)
+    result = _cli(url, "export", "--tenant", TENANT, "--output", str(path))
+    assert result.exit_code == 0, result.output
+    exported = path.read_bytes()
+    assert exported == b"".join(_spec_line(record) for record in records)
+    assert _independent_check(exported.splitlines(keepends=True)) == records[-1]["record_hash"]
+    return result
+
+
 def test_export_lines_are_the_spec_rendering_of_every_field_shape(
     database_url: str, tmp_path: Path
 ) -> None:
     records = _chain()
-    _store(database_url, records)
     path = tmp_path / "export.jsonl"
-    result = _cli(database_url, "export", "--tenant", TENANT, "--output", str(path))
-    assert result.exit_code == 0, result.output
-
-    exported = path.read_bytes()
-    assert exported == b"".join(_spec_line(record) for record in records)
+    result = _exported_as_the_spec_renders(database_url, records, path)
     head = records[-1]["record_hash"]
-    assert _independent_check(exported.splitlines(keepends=True)) == head
     assert f"last record_hash {head}" in result.output
     offline = CliRunner().invoke(main, [
         "verify", "--file", str(path), "--expect-previous", GENESIS_PREVIOUS_HASH,
@@ -137,22 +144,11 @@ def test_an_export_of_several_writes_has_every_line_once_in_order(
     database_url: str, tmp_path: Path
 ) -> None:
     # Lines are written WRITE_LINES at a time: cover two full writes and a partial one.
-    count = 2 * WRITE_LINES + 3
-    records = [genesis_record(TENANT, CREATED)]
-    for n in range(count):
-        wire = wire_event(TENANT, timestamp="2026-11-26T16:19:16Z")
-        event = parse_event(TENANT.encode(), json.dumps(wire).encode(),
-                            ValidationLimits(), CREATED)
-        head = advance(ChainHead.empty(TENANT), records[-1])
-        records.append(chain_event(head, event, CREATED + timedelta(microseconds=n + 1)))
-    _store(database_url, records)
+    wires = [wire_event(TENANT, timestamp="2026-11-26T16:19:16Z")
+             for _ in range(2 * WRITE_LINES + 3)]
     path = tmp_path / "long.jsonl"
-    result = _cli(database_url, "export", "--tenant", TENANT, "--output", str(path))
-    assert result.exit_code == 0, result.output
-
+    _exported_as_the_spec_renders(database_url, _chain(wires), path)
     exported = path.read_bytes()
-    assert exported == b"".join(_spec_line(record) for record in records)
-    assert _independent_check(exported.splitlines(keepends=True)) == records[-1]["record_hash"]
     piped = _cli(database_url, "export", "--tenant", TENANT, "--output", "-")
     assert piped.exit_code == 0
     assert piped.stdout_bytes == exported

@@ -595,15 +595,40 @@ def verify_proof(ctx: Context, proof_path: str, public_keys: tuple[str, ...]) ->
 
 @main.command()
 @_database_option
-@click.option("--tenant", required=True, help="The tenant whose chain to export.")
+@click.option("--tenant", help="The tenant whose chain to export.")
+@click.option("--all", "all_tenants", is_flag=True,
+              help="Every tenant's whole chain, one file each (TENANT.jsonl), into --output-dir.")
 @click.option("--from-seq", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--to-seq", type=click.IntRange(min=0), help="Default: the last record.")
 @click.option("--output", "-o", help="File to create (never overwritten); - for stdout. "
                                      "Default: TENANT.jsonl")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --all: the directory for the files (created if missing).")
 @guarded
-def export(ctx: Context, database_url: str | None, tenant: str, from_seq: int,
-           to_seq: int | None, output: str | None) -> None:
+def export(ctx: Context, database_url: str | None, tenant: str | None, all_tenants: bool,
+           from_seq: int, to_seq: int | None, output: str | None,
+           output_dir: Path | None) -> None:
     """Write a tenant's records as JSON Lines, exactly as hashed, for offline `verify --file`."""
+    from audit_service.core.errors import ConfigurationError
+
+    if not all_tenants:
+        if tenant is None:
+            raise ConfigurationError("give --tenant T, or --all --output-dir DIR")
+        if output_dir is not None:
+            raise ConfigurationError("--output-dir goes with --all; use --output for one tenant")
+        _export_tenant(ctx, database_url, tenant, from_seq, to_seq, output)
+        return
+    given = [flag for flag, value in (("--tenant", tenant), ("--from-seq", from_seq or None),
+                                      ("--to-seq", to_seq), ("--output", output))
+             if value is not None]
+    if given or output_dir is None:
+        raise ConfigurationError("--all exports whole chains into --output-dir DIR"
+                                 + (f"; drop {', '.join(given)}" if given else ""))
+    _export_all(ctx, database_url, output_dir)
+
+
+def _export_tenant(ctx: Context, database_url: str | None, tenant: str, from_seq: int,
+                   to_seq: int | None, output: str | None) -> None:
     from audit_service.auditing.export import export_tenant
     from audit_service.core.errors import ConfigurationError
     from audit_service.storage.reader import SequenceRange
@@ -621,6 +646,22 @@ def export(ctx: Context, database_url: str | None, tenant: str, from_seq: int,
         f"last record_hash {summary.last_hash}\n"
         f"check it offline: audit-service verify --file {target}{anchor} "
         f"--expect-head {summary.last_hash}", err=True)
+
+
+def _export_all(ctx: Context, database_url: str | None, directory: Path) -> None:
+    from audit_service.auditing.export import EXPORT_SUFFIX, ExportSummary, export_all
+
+    def exported(summary: ExportSummary, path: Path) -> None:
+        click.echo(f"exported {summary.records} records of {summary.tenant_id} to {path}, "
+                   f"last record_hash {summary.last_hash}", err=True)
+
+    with _reader(ctx, database_url) as reader:
+        summaries = export_all(reader, directory, exported)
+    click.echo(
+        f"exported {sum(s.records for s in summaries)} records of {len(summaries)} tenants "
+        f"to {directory}\ncheck each offline: audit-service verify --file "
+        f"{directory / ('TENANT' + EXPORT_SUFFIX)} --expect-head HASH (its record_hash above)",
+        err=True)
 
 
 @main.command()

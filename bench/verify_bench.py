@@ -7,11 +7,11 @@ Builds valid chains directly with `chain.py` (realistic sample events, validated
 template, then re-stamped), COPYs them into a fresh migrated database, then times a raw
 fetch of the rows verify reads (psycopg2 server-side cursor, nothing built or hashed: the
 floor under any reader) and the real CLI as a subprocess: `verify --jobs 1`, `verify
---jobs 2`, `export` of every tenant (and of one record, the start-up cost), `verify
---tenant` of every tenant (as many start-ups as the exports), `verify --file` of all
-the exports. Uses AUDIT_TEST_DATABASE_URL (an admin URL) when set,
-otherwise an embedded PostgreSQL in a temporary directory. Prints records/s, client CPU
-and peak RSS per step, and the ratios of the targets.
+--jobs 2`, `export --all` (every tenant in one process; and an export of one record, the
+start-up and memory floor), `verify --file` of all the exports. Uses
+AUDIT_TEST_DATABASE_URL (an admin URL) when set, otherwise an embedded PostgreSQL in a
+temporary directory. Prints records/s, client CPU and peak RSS per step, and the ratios
+of the targets.
 """
 
 from __future__ import annotations
@@ -197,10 +197,6 @@ class Timing:
     """Peak resident set of the command plus the peaks of its worker processes."""
     stdout: str
 
-    def __add__(self, other: Timing) -> Timing:
-        return Timing(self.seconds + other.seconds, self.cpu_seconds + other.cpu_seconds,
-                      max(self.peak_rss_mib, other.peak_rss_mib), "")
-
 
 class PeakRss:
     """The peak resident set of a process plus those of its children (verify's workers),
@@ -345,19 +341,12 @@ def main() -> None:
                     ["verify", "--jobs", str(jobs)], url, records)
                 _say(f"verify from PostgreSQL, --jobs {jobs}", rate)
             exports = scratch / "exports"
-            exports.mkdir()
+            results["export"] = rate = _rates(
+                _timed_cli(["export", "--all", "--output-dir", str(exports)], url), records)
+            _say("export --all (one process, as verify --jobs 1)", rate)
             files = [str(exports / f"{tenant}.jsonl") for tenant in tenants]
-            timings = [_timed_cli(["export", "--tenant", Path(f).stem, "--output", f], url)
-                       for f in files]
-            results["export"] = rate = _rates(sum(timings[1:], timings[0]), records)
-            _say(f"export (one process per tenant, {records // len(files):,} records each)", rate)
-            per_tenant = [_timed_cli(["verify", "--tenant", tenant, "--json"], url)
-                          for tenant in tenants]
-            results["verify_per_tenant"] = _rates(sum(per_tenant[1:], per_tenant[0]), records)
-            _say("verify --tenant (one process per tenant, as export)",
-                 results["verify_per_tenant"])
             startups = sorted((_timed_cli(["export", "--tenant", tenants[0], "--to-seq", "0",
-                                           "--output", str(exports / f"one-{n}.jsonl")], url)
+                                           "--output", str(scratch / f"one-{n}.jsonl")], url)
                                for n in range(STARTUP_RUNS)), key=lambda t: t.seconds)
             startup = startups[len(startups) // 2]
             results["export_one_record"] = {"seconds": round(startup.seconds, 2),
@@ -366,41 +355,24 @@ def main() -> None:
             print(f"export of one record (a CLI process's start-up, median of {STARTUP_RUNS}): "
                   f"{startup.seconds:.2f}s wall, {startup.cpu_seconds:.2f}s CPU, "
                   f"peak RSS {startup.peak_rss_mib:.0f} MiB", flush=True)
-            # Per record: each command's time without its processes' start-up.
-            verify_1 = results["postgresql_jobs_1"]
-            per_record_export = records / (rate["seconds"] - len(files) * startup.seconds)
-            per_record_verify = records / (verify_1["seconds"] - startup.seconds)
-            results["export_per_record_records_per_s"] = round(per_record_export)
-            print(f"export without start-ups: {per_record_export:,.0f} records/s; verify "
-                  f"--jobs 1 without its one: {per_record_verify:,.0f} records/s", flush=True)
             size = sum(Path(f).stat().st_size for f in files)
             print(f"export size: {size / 2**20:,.0f} MiB, {size / records:,.0f} bytes per record")
             results["export_file"] = rate = _verify_rate(
                 ["verify", *(arg for f in files for arg in ("--file", f))], url, records)
             _say(f"verify --file (all {len(files)} exports, one process)", rate)
-            verify_2 = results["postgresql_jobs_2"]
+            verify_1, verify_2 = results["postgresql_jobs_1"], results["postgresql_jobs_2"]
             results["ratios"] = ratios = {
                 "verify_jobs_2_over_raw_fetch":
                     verify_2["records_per_s"] / raw["records_per_s"],
                 "export_over_verify_jobs_1":
                     results["export"]["records_per_s"] / verify_1["records_per_s"],
-                "export_over_verify_jobs_1_without_startups":
-                    per_record_export / per_record_verify,
-                "export_over_verify_per_tenant":
-                    results["export"]["records_per_s"]
-                    / results["verify_per_tenant"]["records_per_s"],
                 "export_peak_rss_over_one_record_export":
                     results["export"]["peak_rss_mib"] / startup.peak_rss_mib,
             }
             _ratio("verify --jobs 2 / raw fetch", ratios["verify_jobs_2_over_raw_fetch"], 0.5)
-            _ratio(f"export / verify --jobs 1 ({len(files)} start-ups against 1)",
-                   ratios["export_over_verify_jobs_1"], 1.0)
-            _ratio("export / verify --jobs 1, start-ups subtracted",
-                   ratios["export_over_verify_jobs_1_without_startups"], 1.0)
-            _ratio(f"export / verify --tenant (the same {len(files)} start-ups each)",
-                   ratios["export_over_verify_per_tenant"], 1.0)
+            _ratio("export --all / verify --jobs 1", ratios["export_over_verify_jobs_1"], 1.0)
             print(f"memory: export's peak RSS {results['export']['peak_rss_mib']:.0f} MiB for "
-                  f"{records // len(files):,} records vs {startup.peak_rss_mib:.0f} MiB for one "
+                  f"{records:,} records vs {startup.peak_rss_mib:.0f} MiB for one "
                   f"(x{ratios['export_peak_rss_over_one_record_export']:.2f}); verify --jobs 1 "
                   f"{verify_1['peak_rss_mib']:.0f} MiB for {records:,}", flush=True)
     finally:

@@ -12,18 +12,22 @@ byte for byte the same, at a fraction of the cost of building each record's dict
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from audit_service.core.chain import TENANT_ID_PATTERN
 from audit_service.core.errors import ConfigurationError
 from audit_service.core.record_text import RECORD_HASH, SEQUENCE_NUMBER, export_line
 from audit_service.storage.reader import WHOLE_CHAIN, AuditReader, SequenceRange
 
 STDOUT = "-"
+EXPORT_SUFFIX = ".jsonl"
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
 WRITE_LINES = 512
 """Lines joined into one write: a TextIO write per ~1.7 KB line cost more than its line."""
 
@@ -100,3 +104,49 @@ def export_tenant(
                 f"tenant {tenant_id!r} has no records in {scope.describe()}"
             )
     return summary
+
+
+def _all_targets(reader: AuditReader, directory: Path) -> list[tuple[str, Path]]:
+    """Every tenant and its file, checked before anything is written: a tenant id that is
+    not a plain file name (only a tampered store holds one), a head whose records are gone,
+    or a file already there stops the export with nothing exported."""
+    with_records = set(reader.tenants_with_records())
+    tenants = sorted(set(reader.heads()) | with_records)
+    for tenant in tenants:
+        if not _TENANT_ID.fullmatch(tenant):
+            raise ConfigurationError(f"tenant id {tenant!r} is not a valid tenant id; "
+                                     "run verify: the store holds records no event made")
+        if tenant not in with_records:
+            raise ConfigurationError(f"tenant {tenant!r} has a chain head but no records; "
+                                     "run verify --tenant to see the break")
+    if not tenants:
+        raise ConfigurationError("the store holds no chains to export")
+    targets = [(tenant, directory / f"{tenant}{EXPORT_SUFFIX}") for tenant in tenants]
+    present = [str(path) for _, path in targets if path.exists()]
+    if present:
+        raise ConfigurationError(
+            f"{len(present)} export files already exist ({', '.join(present[:3])}"
+            f"{', ...' if len(present) > 3 else ''}); choose another --output-dir")
+    return targets
+
+
+def export_all(
+    reader: AuditReader, directory: Path, exported: Callable[[ExportSummary, Path], None]
+) -> list[ExportSummary]:
+    """Export every tenant's whole chain to `directory`/TENANT.jsonl in one process, each
+    in its own snapshot; `exported` hears of each file once it is complete.
+
+    Tenants are those with a head or records when the export starts; one that appears
+    during it belongs to the next export.
+    """
+    targets = _all_targets(reader, directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create {directory}: {exc.strerror}") from exc
+    summaries = []
+    for tenant, path in targets:
+        summary = export_tenant(reader, tenant, str(path))
+        exported(summary, path)
+        summaries.append(summary)
+    return summaries

@@ -202,6 +202,74 @@ def test_export_never_overwrites_a_file(url: str, tmp_path: Path) -> None:
     assert path.read_text() == "keep me\n"
 
 
+def test_export_all_writes_each_tenant_as_its_own_export(url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "archive"
+    result = _cli(url, "export", "--all", "--output-dir", str(directory))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in directory.iterdir()) == [f"{TENANT}.jsonl", f"{OTHER}.jsonl"]
+    assert f"exported {EVENTS + 1 + 4} records of 2 tenants to {directory}" in result.output
+
+    for tenant, records in ((TENANT, EVENTS + 1), (OTHER, 4)):
+        single = tmp_path / f"single-{tenant}.jsonl"
+        assert _cli(url, "export", "--tenant", tenant, "--output", str(single)).exit_code == 0
+        path = directory / f"{tenant}.jsonl"
+        assert path.read_bytes() == single.read_bytes()
+        head = re.search(rf"{records} records of {tenant} to {path}, last record_hash "
+                         r"([0-9a-f]{64})", result.output)
+        assert head, result.output
+        offline = _offline(path, "--expect-previous", ZEROS, "--expect-head", head.group(1))
+        assert offline.exit_code == 0, offline.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--all"], "--all exports whole chains into --output-dir DIR"),
+    (["--all", "--output-dir", "out", "--tenant", TENANT], "drop --tenant"),
+    (["--all", "--output-dir", "out", "--to-seq", "0"], "drop --to-seq"),
+    (["--all", "--output-dir", "out", "--from-seq", "3", "--output", "x"],
+     "drop --from-seq, --output"),
+    (["--tenant", TENANT, "--output-dir", "out"], "--output-dir goes with --all"),
+    ([], "give --tenant T, or --all --output-dir DIR"),
+])
+def test_export_all_usage_errors_write_nothing(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = _cli(url, "export", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_all_stops_before_writing_when_a_file_exists(url: str, tmp_path: Path) -> None:
+    (tmp_path / f"{OTHER}.jsonl").write_text("keep me\n")
+    result = _cli(url, "export", "--all", "--output-dir", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"1 export files already exist ({tmp_path / OTHER}.jsonl)" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == [f"{OTHER}.jsonl"]
+    assert (tmp_path / f"{OTHER}.jsonl").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize(("tenant", "message"), [
+    ("../escaped", "tenant id '../escaped' is not a valid tenant id"),
+    ("tenant-ghost", "tenant 'tenant-ghost' has a chain head but no records"),
+])
+def test_export_all_refuses_a_store_it_cannot_export_whole(
+    url: str, tmp_path: Path, tenant: str, message: str
+) -> None:
+    """A head no event could make (a tampered store): nothing is written, and never a file
+    outside the directory."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(insert(AuditChainState).values(
+            tenant_id=tenant, last_sequence=0, last_hash=ZEROS))
+    engine.dispose()
+    directory = tmp_path / "archive"
+    result = _cli(url, "export", "--all", "--output-dir", str(directory))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_vectors_survive_a_round_trip_through_postgresql(url: str, tmp_path: Path) -> None:
     """Stored as the writer stores them, exported byte for byte as the vector file."""
     records = [json.loads(line) for line in VECTORS.read_bytes().splitlines()]

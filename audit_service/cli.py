@@ -629,13 +629,13 @@ def export(ctx: Context, database_url: str | None, tenant: str | None, all_tenan
 
 def _export_tenant(ctx: Context, database_url: str | None, tenant: str, from_seq: int,
                    to_seq: int | None, output: str | None) -> None:
-    from audit_service.auditing.export import export_tenant
+    from audit_service.auditing.export import EXPORT_SUFFIX, export_tenant
     from audit_service.core.errors import ConfigurationError
     from audit_service.storage.reader import SequenceRange
 
     if to_seq is not None and to_seq < from_seq:
         raise ConfigurationError("--to-seq must not be below --from-seq")
-    target = output or f"{tenant}.jsonl"
+    target = output or f"{tenant}{EXPORT_SUFFIX}"
     with _reader(ctx, database_url) as reader:
         summary = export_tenant(reader, tenant, target, SequenceRange(from_seq, to_seq))
         predecessor = reader.record_hash_at(tenant, from_seq - 1) if from_seq else None
